@@ -1,0 +1,151 @@
+//! `serve`: wires the daemon together and owns every task. The tasks: the HTTP API, the ARI
+//! events connection, the call pipeline, the Stasis hand-back and the call writer. All are
+//! spawned into one [`JoinSet`] and stop on one [`CancellationToken`] (Ctrl-C / SIGTERM).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ari::stream::{self, AriState};
+use crate::ari::{AriClient, stasis};
+use crate::calls::ingest::{self, Pipeline};
+use crate::calls::tracker::{AgentMatcher, Tracker};
+use crate::calls::{Source, store, writer};
+use crate::config::Settings;
+use crate::db::Db;
+use crate::http::{self, AppState};
+use crate::live::Hub;
+
+/// A running daemon: its API address, and the handles to stop it.
+pub struct Running {
+    /// Where the HTTP API listens (useful with port 0).
+    pub addr: SocketAddr,
+    /// Cancels every task.
+    pub cancel: CancellationToken,
+    /// The tasks.
+    pub tasks: JoinSet<()>,
+    /// The live hub.
+    pub hub: Hub,
+    /// The database.
+    pub db: Db,
+}
+
+impl Running {
+    /// Cancels every task and waits for them (queued frames and records are flushed first).
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!("task ended badly: {e}");
+            }
+        }
+    }
+}
+
+/// Connects the database (applying migrations), binds the API and starts every task.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let settings = Arc::new(settings);
+    let db = Db::connect_and_migrate(&settings.core.database_url)
+        .await
+        .with_context(|| format!("database {}", redact_url(&settings.core.database_url)))?;
+    if settings.core.api_tokens.0.is_empty() {
+        tracing::warn!("API_TOKENS is empty: every API route but /health will answer 401");
+    }
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let hub = Hub::default();
+
+    // Call writer.
+    let (writer_handle, writer_rx) = writer::channel();
+    let writer_stats = writer_handle.stats().clone();
+    tasks.spawn(writer::run(db.clone(), writer_rx, writer_stats.clone(), cancel.clone()));
+
+    // Tracker, with the calls that were live when the daemon last stopped.
+    let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
+    let mut tracker = Tracker::new(agents);
+    let open = store::open_calls(&db, Source::Asterisk).await?;
+    if !open.is_empty() {
+        tracing::info!(calls = open.len(), "picking up calls that were live at the last stop");
+    }
+    tracker.restore(open);
+
+    // ARI: events connection, Stasis hand-back, pipeline.
+    let client = AriClient::new(&settings.ari);
+    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(AriState::Connecting);
+    let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
+    let pipeline = Pipeline::new(tracker, Some(writer_handle), Some(hub.clone()), Some(stasis_tx));
+    let ingest_stats = pipeline.stats();
+    tasks.spawn(stasis::run(client.clone(), stasis_rx, cancel.clone()));
+    tasks.spawn(ingest::run(pipeline, ari_rx, cancel.clone()));
+    tracing::info!(url = %stream::events_url(&client, client.app()), "connecting to ARI");
+    tasks.spawn(stream::run(client, ari_tx, state_tx, cancel.clone()));
+
+    // HTTP API.
+    let state = AppState {
+        db: db.clone(),
+        settings: settings.clone(),
+        hub: hub.clone(),
+        ari_state: state_rx,
+        ingest_stats,
+        writer_stats: Some(writer_stats),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.core.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on HTTP_LISTEN={}", settings.core.http_listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    let app = http::router(state);
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    Ok(Running { addr, cancel, tasks, hub, db })
+}
+
+/// Runs the daemon until Ctrl-C or SIGTERM.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let running = start(settings).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A database URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,183 @@
+//! ARI REST client: typed calls to the Asterisk REST Interface (`/ari/...`) over HTTP with
+//! basic auth, returning the ARI models. One [`AriClient`] is shared by every task.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::models::{Bridge, Channel, Endpoint};
+use crate::config::AriSettings;
+
+/// Errors of ARI REST calls.
+#[derive(Debug, thiserror::Error)]
+pub enum AriError {
+    /// Asterisk could not be reached (refused, timed out, TLS).
+    #[error("ARI unreachable at {url}: {reason}")]
+    Unreachable {
+        /// Request URL (without credentials).
+        url: String,
+        /// Transport error.
+        reason: String,
+    },
+    /// Wrong ARI_USERNAME / ARI_PASSWORD.
+    #[error("ARI refused the credentials (401): check ARI_USERNAME and ARI_PASSWORD")]
+    Unauthorized,
+    /// The resource does not exist (unknown channel, endpoint, module).
+    #[error("ARI {method} {path}: not found (404)")]
+    NotFound {
+        /// HTTP method.
+        method: String,
+        /// Path under /ari.
+        path: String,
+    },
+    /// Any other non-success status.
+    #[error("ARI {method} {path}: HTTP {status}: {body}")]
+    Status {
+        /// HTTP method.
+        method: String,
+        /// Path under /ari.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// Asterisk's message (`{"message": ...}`), truncated.
+        body: String,
+    },
+    /// The reply was not the JSON the ARI model describes.
+    #[error("ARI {path}: reply not understood: {reason}")]
+    BadReply {
+        /// Path under /ari.
+        path: String,
+        /// Parse error.
+        reason: String,
+    },
+    /// The events WebSocket failed.
+    #[error("ARI events WebSocket: {0}")]
+    WebSocket(String),
+}
+
+/// ARI REST client for one Asterisk.
+#[derive(Clone, Debug)]
+pub struct AriClient {
+    http: reqwest::Client,
+    base: String,
+    username: String,
+    password: crate::config::Secret,
+    app: String,
+}
+
+impl AriClient {
+    /// A client for `settings.ari_url` (e.g. `http://127.0.0.1:8088`), 5 s timeout per request.
+    pub fn new(settings: &AriSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .expect("HTTP client builds");
+        AriClient {
+            http,
+            base: settings.ari_url.trim_end_matches('/').trim_end_matches("/ari").to_string(),
+            username: settings.ari_username.clone(),
+            password: settings.ari_password.clone(),
+            app: settings.ari_app.clone(),
+        }
+    }
+
+    /// The Stasis application name.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// Base URL (scheme, host, port), without `/ari`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `user:password` credentials for the WebSocket handshake.
+    pub(crate) fn credentials(&self) -> (&str, &str) {
+        (&self.username, self.password.expose())
+    }
+
+    async fn send(&self, method: Method, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response, AriError> {
+        let url = format!("{}/ari{}", self.base, path);
+        let resp = self
+            .http
+            .request(method.clone(), &url)
+            .basic_auth(&self.username, Some(self.password.expose()))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| AriError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::UNAUTHORIZED => Err(AriError::Unauthorized),
+            StatusCode::NOT_FOUND => Err(AriError::NotFound { method: method.to_string(), path: path.to_string() }),
+            s => {
+                let mut body = resp.text().await.unwrap_or_default();
+                body.truncate(200);
+                Err(AriError::Status { method: method.to_string(), path: path.to_string(), status: s.as_u16(), body })
+            }
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, AriError> {
+        let resp = self.send(Method::GET, path, &[]).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })?;
+        serde_json::from_slice(&bytes).map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })
+    }
+
+    /// `GET /ari/asterisk/info`: Asterisk's build and system info (raw JSON).
+    pub async fn info(&self) -> Result<serde_json::Value, AriError> {
+        self.get_json("/asterisk/info").await
+    }
+
+    /// `GET /ari/channels`: every active channel.
+    pub async fn channels(&self) -> Result<Vec<Channel>, AriError> {
+        self.get_json("/channels").await
+    }
+
+    /// `GET /ari/bridges`: every active bridge.
+    pub async fn bridges(&self) -> Result<Vec<Bridge>, AriError> {
+        self.get_json("/bridges").await
+    }
+
+    /// `GET /ari/endpoints`: every endpoint.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, AriError> {
+        self.get_json("/endpoints").await
+    }
+
+    /// `GET /ari/endpoints/{tech}/{resource}`: one endpoint ([`AriError::NotFound`] if Asterisk does not know it).
+    pub async fn endpoint(&self, tech: &str, resource: &str) -> Result<Endpoint, AriError> {
+        self.get_json(&format!("/endpoints/{tech}/{resource}")).await
+    }
+
+    /// `POST /ari/channels/{id}/continue`: hands a channel held in Stasis back to the dialplan,
+    /// at its next priority.
+    pub async fn continue_in_dialplan(&self, channel_id: &str) -> Result<(), AriError> {
+        self.send(Method::POST, &format!("/channels/{channel_id}/continue"), &[]).await?;
+        Ok(())
+    }
+
+    /// `PUT /ari/asterisk/modules/{module}`: reloads one module (e.g. `res_pjsip.so`).
+    pub async fn reload_module(&self, module: &str) -> Result<(), AriError> {
+        self.send(Method::PUT, &format!("/asterisk/modules/{module}"), &[]).await?;
+        Ok(())
+    }
+
+    /// `POST /ari/channels`: originates a call (click-to-call): rings `endpoint` (e.g.
+    /// `PJSIP/1001`), then sends it to `extension@context`, showing `caller_id`.
+    pub async fn originate(&self, endpoint: &str, extension: &str, context: &str, caller_id: &str) -> Result<Channel, AriError> {
+        let path = "/channels";
+        let resp = self
+            .send(
+                Method::POST,
+                path,
+                &[("endpoint", endpoint), ("extension", extension), ("context", context), ("priority", "1"), ("callerId", caller_id)],
+            )
+            .await?;
+        resp.json().await.map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })
+    }
+}

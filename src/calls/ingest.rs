@@ -1,0 +1,169 @@
+//! The call pipeline between the ARI events connection and storage: parses frames, hands
+//! Stasis channels back, feeds the [`Tracker`], logs what matters, and passes every changed
+//! record to the writer and the live hub. Used by `serve` (fed by the WebSocket) and by
+//! `replay` (fed by a capture).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::tracker::{CallChange, CallUpdate, Tracker};
+use super::writer::WriterHandle;
+use crate::ari::events::{self, Event};
+use crate::ari::stasis::StasisEntry;
+use crate::ari::stream::AriMessage;
+use crate::live::{ExtensionStatus, Hub};
+
+/// Counters of the pipeline (shared with `/health`).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Frames received.
+    pub frames: AtomicU64,
+    /// Frames that could not be parsed (logged and skipped).
+    pub parse_errors: AtomicU64,
+    /// Frames of types pbxbridge does not model (kept raw, logged at debug).
+    pub unknown_types: AtomicU64,
+    /// Frames waiting to be processed (the lag behind the WebSocket).
+    pub queued: AtomicU64,
+}
+
+/// Parser, tracker and outputs, driven one message at a time.
+pub struct Pipeline {
+    tracker: Tracker,
+    writer: Option<WriterHandle>,
+    hub: Option<Hub>,
+    stasis: Option<mpsc::UnboundedSender<StasisEntry>>,
+    stats: Arc<IngestStats>,
+    updates: Vec<CallUpdate>,
+}
+
+impl Pipeline {
+    /// A pipeline around `tracker`; outputs are optional (replay --dry-run has none).
+    pub fn new(
+        tracker: Tracker,
+        writer: Option<WriterHandle>,
+        hub: Option<Hub>,
+        stasis: Option<mpsc::UnboundedSender<StasisEntry>>,
+    ) -> Self {
+        Pipeline { tracker, writer, hub, stasis, stats: Arc::default(), updates: Vec::new() }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<IngestStats> {
+        self.stats.clone()
+    }
+
+    /// The tracker (for stats and active calls).
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Handles one message; returns the call updates it produced (also sent to the outputs).
+    pub fn handle(&mut self, msg: AriMessage) -> &[CallUpdate] {
+        self.updates.clear();
+        match msg {
+            AriMessage::Connected => self.tracker.connection_started(),
+            AriMessage::Disconnected => {}
+            AriMessage::Resync { channels, bridges, at } => {
+                self.tracker.resync(&channels, &bridges, at, &mut self.updates);
+            }
+            AriMessage::Frame { text, .. } => {
+                self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                match events::parse(&text) {
+                    Ok(ev) => self.event(&ev),
+                    Err(e) => {
+                        self.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                        let mut excerpt: String = text.chars().take(160).collect();
+                        if excerpt.len() < text.len() {
+                            excerpt.push('…');
+                        }
+                        tracing::warn!(frame = %excerpt, "skipped ARI frame: {e}");
+                    }
+                }
+            }
+        }
+        for u in &self.updates {
+            log_update(u);
+            if let Some(w) = &self.writer {
+                w.write(u.record.clone());
+            }
+            if let Some(h) = &self.hub {
+                h.publish_call(u);
+            }
+        }
+        &self.updates
+    }
+
+    fn event(&mut self, ev: &Event) {
+        match ev {
+            Event::StasisStart { channel, args, .. } => {
+                tracing::info!(channel = %channel.name, id = %channel.id, caller = %channel.caller.number, args = ?args, "StasisStart");
+                if let Some(tx) = &self.stasis {
+                    let _ = tx.send(StasisEntry {
+                        channel_id: channel.id.clone(),
+                        channel_name: channel.name.clone(),
+                        caller: channel.caller.number.clone(),
+                        args: args.clone(),
+                    });
+                }
+            }
+            Event::Other { type_name, .. } => {
+                self.stats.unknown_types.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(r#type = %type_name, "ARI event type not modelled; kept raw");
+            }
+            Event::ApplicationReplaced { .. } => {
+                tracing::error!("ARI application taken over by another connection (ApplicationReplaced): is a second pbxbridge running with the same ARI_APP?");
+            }
+            Event::PeerStatusChange { endpoint, peer, .. } => {
+                if let Some(hub) = &self.hub {
+                    let state = endpoint.state.clone().unwrap_or_else(|| match peer.peer_status.as_str() {
+                        "Reachable" | "Registered" => "online".into(),
+                        _ => "offline".into(),
+                    });
+                    hub.publish_extension(ExtensionStatus { extension: endpoint.resource.clone(), state, contacts: Vec::new() });
+                }
+            }
+            _ => {}
+        }
+        self.tracker.apply(ev, &mut self.updates);
+    }
+}
+
+fn log_update(u: &CallUpdate) {
+    let r = &u.record;
+    let from = r.from_number.as_deref().unwrap_or("-");
+    let to = r.to_number.as_deref().unwrap_or("-");
+    let ext = r.extension.as_deref().unwrap_or("-");
+    match u.change {
+        CallChange::Created => tracing::info!(id = %r.id, call_id = %r.call_id, direction = r.direction.as_str(), from, to, "call record created"),
+        CallChange::Ringing => tracing::info!(call_id = %r.call_id, extension = ext, "call ringing"),
+        CallChange::Answered => tracing::info!(call_id = %r.call_id, extension = ext, "call answered"),
+        CallChange::Ended => tracing::info!(
+            call_id = %r.call_id,
+            status = r.status.map(|s| s.as_str()).unwrap_or("-"),
+            billsec = r.billsec,
+            cause = r.hangup_cause.unwrap_or(-1),
+            cause_txt = r.hangup_cause_text.as_deref().unwrap_or(""),
+            reconstructed = r.reconstructed,
+            "call ended"
+        ),
+        CallChange::Updated => tracing::debug!(call_id = %r.call_id, "call record updated"),
+    }
+}
+
+/// Runs the pipeline on the events queue until it closes or `cancel` fires (after which the
+/// frames already queued are still processed).
+pub async fn run(mut pipeline: Pipeline, mut rx: mpsc::UnboundedReceiver<AriMessage>, cancel: CancellationToken) {
+    let stats = pipeline.stats();
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(msg) = msg else { return };
+        stats.queued.store(rx.len() as u64, Ordering::Relaxed);
+        pipeline.handle(msg);
+    }
+}

@@ -1,0 +1,11 @@
+//! Calls: the call record model, the tracker that folds ARI events into call records, the
+//! writer that stores them without ever blocking the event reader, and their SQL.
+
+pub mod ingest;
+pub mod labels;
+pub mod model;
+pub mod store;
+pub mod tracker;
+pub mod writer;
+
+pub use model::{CallRecord, CallState, CallStatus, Direction, Source};

@@ -1,0 +1,265 @@
+//! SQL for call records: idempotent upsert on (`source`, `external_id`), lookups and the
+//! filtered, paged listing behind `GET /calls`. One SQL text per query for both backends.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::model::{CallRecord, CallState, CallStatus, Direction, Source};
+use crate::db::{Db, DbError, format_time, parse_time};
+
+const COLUMNS: &str = "id, source, external_id, direction, from_number, to_number, extension, \
+    start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
+    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at";
+
+const UPSERT: &str = "INSERT INTO calls (id, source, external_id, direction, from_number, to_number, extension, \
+    start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
+    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+    ON CONFLICT (source, external_id) DO UPDATE SET \
+    direction = excluded.direction, from_number = excluded.from_number, to_number = excluded.to_number, \
+    extension = excluded.extension, start_time = excluded.start_time, answer_time = excluded.answer_time, \
+    end_time = excluded.end_time, duration = excluded.duration, billsec = excluded.billsec, \
+    state = excluded.state, status = excluded.status, hangup_cause = excluded.hangup_cause, \
+    hangup_cause_text = excluded.hangup_cause_text, dial_status = excluded.dial_status, \
+    recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
+    voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
+    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at";
+
+/// Filters and paging of `GET /calls` (all optional; times compare with `start_time`).
+#[derive(Clone, Debug, Default)]
+pub struct CallFilter {
+    /// Calls that started at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Calls that started before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only this direction.
+    pub direction: Option<Direction>,
+    /// Only this outcome.
+    pub status: Option<CallStatus>,
+    /// Only this agent extension.
+    pub extension: Option<String>,
+    /// Calls whose from or to number equals this.
+    pub number: Option<String>,
+    /// Only this source.
+    pub source: Option<Source>,
+    /// Page size (`None`: all rows).
+    pub limit: Option<i64>,
+    /// Rows to skip.
+    pub offset: i64,
+}
+
+/// Writes the records in one transaction: inserted when new, updated (all fields but `id`
+/// and `created_at`) when (`source`, `call_id`) is already stored. Idempotent.
+pub async fn upsert_many(db: &Db, records: &[CallRecord]) -> Result<(), DbError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.pool().begin().await?;
+    for r in records {
+        bind_record(sqlx::query(UPSERT), r).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts or updates one record and tells which: `true` when it was new.
+pub async fn upsert_one(db: &Db, record: &CallRecord) -> Result<bool, DbError> {
+    let mut tx = db.pool().begin().await?;
+    let existed = sqlx::query("SELECT 1 FROM calls WHERE source = $1 AND external_id = $2")
+        .bind(record.source.as_str())
+        .bind(record.call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    bind_record(sqlx::query(UPSERT), record).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(!existed)
+}
+
+fn bind_record<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    r: &'q CallRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(r.id.to_string())
+        .bind(r.source.as_str())
+        .bind(r.call_id.as_str())
+        .bind(r.direction.as_str())
+        .bind(r.from_number.as_deref())
+        .bind(r.to_number.as_deref())
+        .bind(r.extension.as_deref())
+        .bind(format_time(&r.start_time))
+        .bind(r.answer_time.as_ref().map(format_time))
+        .bind(r.end_time.as_ref().map(format_time))
+        .bind(r.duration)
+        .bind(r.billsec)
+        .bind(r.state.as_str())
+        .bind(r.status.map(CallStatus::as_str))
+        .bind(r.hangup_cause)
+        .bind(r.hangup_cause_text.as_deref())
+        .bind(r.dial_status.as_deref())
+        .bind(r.recording_path.as_deref())
+        .bind(r.voicemail)
+        .bind(r.reconstructed)
+        .bind(r.raw.as_ref().map(|v| v.to_string()))
+        .bind(format_time(&r.created_at))
+        .bind(format_time(&r.updated_at))
+}
+
+/// One record by its UUID.
+pub async fn get(db: &Db, id: &str) -> Result<Option<CallRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(db.pool()).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// One record by source and external id.
+pub async fn get_by_call_id(db: &Db, source: Source, call_id: &str) -> Result<Option<CallRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE source = $1 AND external_id = $2");
+    let row = sqlx::query(&sql)
+        .bind(source.as_str())
+        .bind(call_id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// Records of `source` still live (state ringing or connected): what a restarted daemon
+/// must pick up again.
+pub async fn open_calls(db: &Db, source: Source) -> Result<Vec<CallRecord>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND state IN ('ringing', 'connected') ORDER BY start_time"
+    );
+    let rows = sqlx::query(&sql).bind(source.as_str()).fetch_all(db.pool()).await?;
+    rows.iter().map(decode).collect()
+}
+
+/// The page of records matching `f`, newest first, and the total count of matches.
+pub async fn list(db: &Db, f: &CallFilter) -> Result<(Vec<CallRecord>, i64), DbError> {
+    let (where_sql, args) = where_clause(f);
+    let count_sql = format!("SELECT COUNT(*) AS n FROM calls{where_sql}");
+    let mut count = sqlx::query(&count_sql);
+    for a in &args {
+        count = count.bind(a.as_str());
+    }
+    let total: i64 = count.fetch_one(db.pool()).await?.try_get("n")?;
+
+    let mut sql = format!("SELECT {COLUMNS} FROM calls{where_sql} ORDER BY start_time DESC, id DESC");
+    if let Some(limit) = f.limit {
+        sql.push_str(&format!(" LIMIT {} OFFSET {}", limit.max(0), f.offset.max(0)));
+    } else if f.offset > 0 {
+        sql.push_str(&format!(" LIMIT -1 OFFSET {}", f.offset));
+    }
+    let mut q = sqlx::query(&sql);
+    for a in &args {
+        q = q.bind(a.as_str());
+    }
+    let rows = q.fetch_all(db.pool()).await?;
+    let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    Ok((items, total))
+}
+
+/// Streams every record matching `f` (no paging), newest first, in pages of 1,000, calling
+/// `each` for every record (CSV export).
+pub async fn for_each(
+    db: &Db,
+    f: &CallFilter,
+    mut each: impl FnMut(CallRecord) -> bool,
+) -> Result<(), DbError> {
+    let mut page = CallFilter { limit: Some(1000), offset: 0, ..f.clone() };
+    loop {
+        let (items, _) = list(db, &page).await?;
+        let n = items.len();
+        for r in items {
+            if !each(r) {
+                return Ok(());
+            }
+        }
+        if n < 1000 {
+            return Ok(());
+        }
+        page.offset += 1000;
+    }
+}
+
+fn where_clause(f: &CallFilter) -> (String, Vec<String>) {
+    let mut conds = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |cond: &str, arg: String, args: &mut Vec<String>| {
+        args.push(arg);
+        conds.push(cond.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(t) = &f.from {
+        push("start_time >= ?", format_time(t), &mut args);
+    }
+    if let Some(t) = &f.to {
+        push("start_time < ?", format_time(t), &mut args);
+    }
+    if let Some(d) = f.direction {
+        push("direction = ?", d.as_str().into(), &mut args);
+    }
+    if let Some(s) = f.status {
+        push("status = ?", s.as_str().into(), &mut args);
+    }
+    if let Some(e) = &f.extension {
+        push("extension = ?", e.clone(), &mut args);
+    }
+    if let Some(s) = f.source {
+        push("source = ?", s.as_str().into(), &mut args);
+    }
+    if let Some(n) = &f.number {
+        args.push(n.clone());
+        let i = args.len();
+        conds.push(format!("(from_number = ${i} OR to_number = ${i})"));
+    }
+    if conds.is_empty() {
+        (String::new(), args)
+    } else {
+        (format!(" WHERE {}", conds.join(" AND ")), args)
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
+    fn text(row: &AnyRow, c: &'static str) -> Result<String, DbError> {
+        Ok(row.try_get::<String, _>(c)?)
+    }
+    fn opt(row: &AnyRow, c: &'static str) -> Result<Option<String>, DbError> {
+        Ok(row.try_get::<Option<String>, _>(c)?)
+    }
+    fn bad(column: &'static str, v: &str) -> DbError {
+        DbError::Decode { column, reason: format!("unknown value {v:?}") }
+    }
+    let id = text(row, "id")?;
+    let source = text(row, "source")?;
+    let direction = text(row, "direction")?;
+    let state = text(row, "state")?;
+    let status = opt(row, "status")?;
+    Ok(CallRecord {
+        id: id.parse().map_err(|_| bad("id", &id))?,
+        source: Source::parse(&source).ok_or_else(|| bad("source", &source))?,
+        call_id: text(row, "external_id")?,
+        direction: Direction::parse(&direction).ok_or_else(|| bad("direction", &direction))?,
+        from_number: opt(row, "from_number")?,
+        to_number: opt(row, "to_number")?,
+        extension: opt(row, "extension")?,
+        start_time: parse_time("start_time", &text(row, "start_time")?)?,
+        answer_time: opt(row, "answer_time")?.map(|s| parse_time("answer_time", &s)).transpose()?,
+        end_time: opt(row, "end_time")?.map(|s| parse_time("end_time", &s)).transpose()?,
+        duration: row.try_get::<i64, _>("duration")?,
+        billsec: row.try_get::<i64, _>("billsec")?,
+        state: CallState::parse(&state).ok_or_else(|| bad("state", &state))?,
+        status: match status {
+            Some(s) => Some(CallStatus::parse(&s).ok_or_else(|| bad("status", &s))?),
+            None => None,
+        },
+        hangup_cause: row.try_get::<Option<i64>, _>("hangup_cause")?,
+        hangup_cause_text: opt(row, "hangup_cause_text")?,
+        dial_status: opt(row, "dial_status")?,
+        recording_path: opt(row, "recording_path")?,
+        voicemail: row.try_get::<bool, _>("voicemail")?,
+        reconstructed: row.try_get::<bool, _>("reconstructed")?,
+        raw: opt(row, "raw")?.and_then(|s| serde_json::from_str(&s).ok()),
+        created_at: parse_time("created_at", &text(row, "created_at")?)?,
+        updated_at: parse_time("updated_at", &text(row, "updated_at")?)?,
+    })
+}

@@ -1,0 +1,160 @@
+//! The command line: subcommands and what each one does. Settings (see `config`) are shared
+//! by every subcommand and come from flags, the environment or `.env`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::ari::{AriClient, capture};
+use crate::calls::ingest::Pipeline;
+use crate::calls::tracker::{AgentMatcher, Tracker};
+use crate::calls::{store, writer};
+use crate::config::Settings;
+use crate::db::Db;
+
+/// pbxbridge: Asterisk ARI/AMI integration daemon for call centers.
+#[derive(Parser, Debug)]
+#[command(name = "pbxbridge", version, about, long_about = None)]
+pub struct Cli {
+    /// Settings (flags or environment variables).
+    #[command(flatten)]
+    pub settings: Settings,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: ARI call tracking, HTTP API.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Try the database and ARI; print ok/failed per component (exit 0 when all are ok, else 1).
+    Check,
+    /// Record the live ARI event stream to JSON lines (Ctrl-C to stop).
+    Capture {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Application name to connect as (default: $ARI_APP-capture, so a running serve keeps its app).
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Feed a capture (file or capture directory) through the call tracker; print the call
+    /// records as JSON lines and store them unless --dry-run.
+    Replay {
+        /// Capture file (JSON lines) or directory (ari.jsonl [+ rest-at-reconnect.json, ari-after-reconnect.jsonl]).
+        path: PathBuf,
+        /// Print only; do not touch the database.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs a subcommand; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let settings = cli.settings;
+    match cli.command {
+        Command::Serve => {
+            crate::app::serve(settings).await?;
+            Ok(0)
+        }
+        Command::Migrate => {
+            Db::connect_and_migrate(&settings.core.database_url).await?;
+            println!("migrations applied");
+            Ok(0)
+        }
+        Command::Check => Ok(check(&settings).await),
+        Command::Capture { out, app } => {
+            let client = AriClient::new(&settings.ari);
+            let app = app.unwrap_or_else(|| format!("{}-capture", settings.ari.ari_app));
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            let n = capture::record(&client, &app, &out, cancel).await?;
+            eprintln!("{n} frames written to {}", out.display());
+            Ok(0)
+        }
+        Command::Replay { path, dry_run } => {
+            replay(&settings, &path, dry_run).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn check(settings: &Settings) -> i32 {
+    let mut ok = true;
+    match Db::connect(&settings.core.database_url).await {
+        Ok(db) => match db.ping().await {
+            Ok(()) => println!("database: ok ({:?})", db.backend()),
+            Err(e) => {
+                ok = false;
+                println!("database: failed: {e}");
+            }
+        },
+        Err(e) => {
+            ok = false;
+            println!("database: failed: {e}");
+        }
+    }
+    let client = AriClient::new(&settings.ari);
+    match client.info().await {
+        Ok(info) => {
+            let version = info.pointer("/system/version").and_then(|v| v.as_str()).unwrap_or("?");
+            println!("ari: ok (Asterisk {version} at {})", client.base());
+        }
+        Err(e) => {
+            ok = false;
+            println!("ari: failed: {e}");
+        }
+    }
+    if ok { 0 } else { 1 }
+}
+
+async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
+    let messages = capture::load(path)?;
+    let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
+    let (db, writer_task) = if dry_run {
+        (None, None)
+    } else {
+        let db = Db::connect_and_migrate(&settings.core.database_url).await.context("database")?;
+        let (handle, rx) = writer::channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(writer::run(db.clone(), rx, handle.stats().clone(), cancel.clone()));
+        (Some(db), Some((handle, task, cancel)))
+    };
+    let mut pipeline = Pipeline::new(Tracker::new(agents), writer_task.as_ref().map(|w| w.0.clone()), None, None);
+    let mut finals: Vec<crate::calls::CallRecord> = Vec::new();
+    for m in messages {
+        for u in pipeline.handle(m) {
+            match finals.iter_mut().find(|r| r.id == u.record.id) {
+                Some(r) => *r = u.record.clone(),
+                None => finals.push(u.record.clone()),
+            }
+        }
+    }
+    drop(pipeline);
+    if let Some((handle, task, cancel)) = writer_task {
+        drop(handle);
+        cancel.cancel();
+        task.await?;
+    }
+    let now = chrono::Utc::now();
+    let mut stdout = std::io::stdout().lock();
+    for r in &finals {
+        let stored = match &db {
+            Some(db) => store::get(db, &r.id.to_string()).await?.unwrap_or_else(|| r.clone()),
+            None => r.clone(),
+        };
+        writeln!(stdout, "{}", stored.to_json(settings.core.ui_locale, now))?;
+    }
+    Ok(())
+}

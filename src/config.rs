@@ -1,0 +1,312 @@
+//! Settings: every knob pbxbridge has, read from the command line, the environment and an
+//! optional `.env` file (loaded by `main` before parsing).
+//!
+//! Each setting is a clap argument with an `env` name, so `pbxbridge --help` and every
+//! subcommand's `--help` list them. A malformed value makes clap print one line naming the
+//! setting and exit with code 2. Secrets are wrapped in [`Secret`], whose `Debug` and
+//! `Display` never show the value, and their values are hidden from `--help`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+
+/// A secret value (password, token). `Debug`/`Display` print `***`; use [`Secret::expose`]
+/// at the one place the value is needed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret value itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// A comma-separated list of secrets (`API_TOKENS`). Empty items are dropped.
+#[derive(Clone, Default, Debug)]
+pub struct SecretList(pub Vec<Secret>);
+
+impl FromStr for SecretList {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretList(
+            s.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new)
+                .collect(),
+        ))
+    }
+}
+
+/// A comma-separated list of plain strings (`PJSIP_TRANSPORTS`, `CORS_ORIGINS`).
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl FromStr for List {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(List(
+            s.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect(),
+        ))
+    }
+}
+
+/// Log line format (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (good under `pm2 logs`).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Language of the `labels` object in call JSON (`UI_LOCALE`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum Locale {
+    /// Uzbek (the seeds' UI language).
+    #[default]
+    Uz,
+    /// Russian.
+    Ru,
+    /// English.
+    En,
+}
+
+/// How PJSIP is reloaded after the include file changed (`RELOAD_VIA`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReloadVia {
+    /// ARI `PUT /ari/asterisk/modules/res_pjsip.so`.
+    Ari,
+    /// AMI `Action: Reload` with `Module: res_pjsip.so`.
+    Ami,
+}
+
+/// Every setting. Flattened into the CLI, so every subcommand accepts all of them.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    #[command(flatten)]
+    pub core: CoreSettings,
+    #[command(flatten)]
+    pub ari: AriSettings,
+    #[command(flatten)]
+    pub ami: AmiSettings,
+    #[command(flatten)]
+    pub pjsip: PjsipSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub kerio: KerioSettings,
+    #[command(flatten)]
+    pub kavkom: KavkomSettings,
+}
+
+/// Database, HTTP API and logging.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Core")]
+pub struct CoreSettings {
+    /// Database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://pbxbridge.db", global = true)]
+    pub database_url: String,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:4000", global = true)]
+    pub http_listen: SocketAddr,
+    /// Comma-separated bearer tokens accepted by every API route but /health.
+    #[arg(long, env = "API_TOKENS", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    pub api_tokens: SecretList,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Language of the `labels` object in call JSON.
+    #[arg(long, env = "UI_LOCALE", value_enum, default_value = "uz", global = true)]
+    pub ui_locale: Locale,
+    /// Regular expression an endpoint name must match to count as an agent extension
+    /// (besides the extensions in the database).
+    #[arg(long, env = "EXTENSION_PATTERN", default_value = r"^[0-9]{2,6}$", value_parser = parse_regex, global = true)]
+    pub extension_pattern: regex::Regex,
+    /// Folder where downloaded recordings are cached (optional).
+    #[arg(long, env = "RECORDINGS_DIR", global = true)]
+    pub recordings_dir: Option<PathBuf>,
+}
+
+/// Asterisk REST Interface.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "ARI")]
+pub struct AriSettings {
+    /// Base URL of Asterisk's HTTP server (the `/ari` prefix is added).
+    #[arg(long, env = "ARI_URL", default_value = "http://127.0.0.1:8088", global = true)]
+    pub ari_url: String,
+    /// ARI user (ari.conf).
+    #[arg(long, env = "ARI_USERNAME", default_value = "pbxbridge", global = true)]
+    pub ari_username: String,
+    /// ARI password (ari.conf).
+    #[arg(long, env = "ARI_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    pub ari_password: Secret,
+    /// Stasis application name used by the dialplan's `Stasis(APP,...)`.
+    #[arg(long, env = "ARI_APP", default_value = "callcenter", global = true)]
+    pub ari_app: String,
+}
+
+/// Asterisk Manager Interface.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "AMI")]
+pub struct AmiSettings {
+    /// AMI host.
+    #[arg(long, env = "AMI_HOST", default_value = "127.0.0.1", global = true)]
+    pub ami_host: String,
+    /// AMI TCP port.
+    #[arg(long, env = "AMI_PORT", default_value_t = 5038, global = true)]
+    pub ami_port: u16,
+    /// AMI user (manager.conf). AMI is off when unset.
+    #[arg(long, env = "AMI_USERNAME", global = true)]
+    pub ami_username: Option<String>,
+    /// AMI secret (manager.conf).
+    #[arg(long, env = "AMI_SECRET", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    pub ami_secret: Secret,
+}
+
+/// PJSIP provisioning of extensions.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "PJSIP provisioning")]
+pub struct PjsipSettings {
+    /// The generated include file.
+    #[arg(long, env = "PJSIP_INCLUDE_PATH", default_value = "asterisk-conf/generated/pjsip_extensions.conf", global = true)]
+    pub pjsip_include_path: PathBuf,
+    /// Digest realm written into each auth section.
+    #[arg(long, env = "PJSIP_REALM", default_value = "asterisk", global = true)]
+    pub pjsip_realm: String,
+    /// Comma-separated transports configured in pjsip.conf that extensions may use.
+    #[arg(long, env = "PJSIP_TRANSPORTS", default_value = "transport-udp", global = true)]
+    pub pjsip_transports: List,
+    /// `user:group` that should own the generated file (optional).
+    #[arg(long, env = "PJSIP_FILE_OWNER", global = true)]
+    pub pjsip_file_owner: Option<String>,
+    /// How to reload res_pjsip after a change.
+    #[arg(long, env = "RELOAD_VIA", value_enum, default_value = "ari", global = true)]
+    pub reload_via: ReloadVia,
+}
+
+/// Users, JWT and browser access.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Users and browsers")]
+pub struct AuthSettings {
+    /// Secret that signs login JWTs (HS256); required once users exist.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of a login JWT, in seconds.
+    #[arg(long, env = "JWT_TTL", default_value_t = 43_200, global = true)]
+    pub jwt_ttl: u64,
+    /// Comma-separated origins allowed for CORS and WebSocket upgrades.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "", global = true)]
+    pub cors_origins: List,
+}
+
+/// Kerio Operator adapter (off unless KERIO_PBX_HOST or KERIO_API_URL is set).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Kerio Operator")]
+pub struct KerioSettings {
+    /// Kerio Operator host (optionally host:port; default port 4021).
+    #[arg(long, env = "KERIO_PBX_HOST", global = true)]
+    pub kerio_pbx_host: Option<String>,
+    /// Full JSON-RPC endpoint; overrides the one derived from KERIO_PBX_HOST.
+    #[arg(long, env = "KERIO_API_URL", global = true)]
+    pub kerio_api_url: Option<String>,
+    /// Kerio admin API user.
+    #[arg(long, env = "KERIO_API_USERNAME", global = true)]
+    pub kerio_api_username: Option<String>,
+    /// Kerio admin API password.
+    #[arg(long, env = "KERIO_API_PASSWORD", hide_env_values = true, global = true)]
+    pub kerio_api_password: Option<Secret>,
+    /// Minutes between call-history syncs.
+    #[arg(long, env = "KERIO_SYNC_INTERVAL", default_value_t = 5, global = true)]
+    pub kerio_sync_interval: u64,
+    /// Seconds between active-call polls.
+    #[arg(long, env = "KERIO_POLL_INTERVAL", default_value_t = 2, global = true)]
+    pub kerio_poll_interval: u64,
+    /// Accept any TLS certificate from the appliance (self-signed).
+    #[arg(long, env = "KERIO_TLS_INSECURE", default_value_t = false, global = true)]
+    pub kerio_tls_insecure: bool,
+    /// PEM file with the CA that signed the appliance's certificate.
+    #[arg(long, env = "KERIO_CA_FILE", global = true)]
+    pub kerio_ca_file: Option<PathBuf>,
+}
+
+/// Kavkom adapter (off unless KAVKOM_API_TOKEN is set).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Kavkom")]
+pub struct KavkomSettings {
+    /// Kavkom API token (sent as X-API-TOKEN).
+    #[arg(long, env = "KAVKOM_API_TOKEN", hide_env_values = true, global = true)]
+    pub kavkom_api_token: Option<Secret>,
+    /// Kavkom domain UUID (the web app's advanced settings).
+    #[arg(long, env = "KAVKOM_DOMAIN_UUID", global = true)]
+    pub kavkom_domain_uuid: Option<String>,
+    /// Kavkom API base URL.
+    #[arg(long, env = "KAVKOM_API_URL", default_value = "https://api.kavkom.com", global = true)]
+    pub kavkom_api_url: String,
+    /// Minutes between call-history syncs.
+    #[arg(long, env = "KAVKOM_SYNC_INTERVAL", default_value_t = 5, global = true)]
+    pub kavkom_sync_interval: u64,
+    /// Seconds between active-call polls.
+    #[arg(long, env = "KAVKOM_POLL_INTERVAL", default_value_t = 5, global = true)]
+    pub kavkom_poll_interval: u64,
+    /// IANA time zone of the Kavkom account (CDR times are local).
+    #[arg(long, env = "KAVKOM_TIMEZONE", default_value = "Asia/Tashkent", global = true)]
+    pub kavkom_timezone: String,
+    /// At most this many Kavkom requests a second.
+    #[arg(long, env = "KAVKOM_MAX_RPS", default_value_t = 1.0, global = true)]
+    pub kavkom_max_rps: f64,
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("not a valid regular expression: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{s}"), "***");
+        let l: SecretList = "a, b,,c".parse().unwrap();
+        assert_eq!(l.0.len(), 3);
+        assert!(!format!("{l:?}").contains('a'));
+    }
+}

@@ -1,0 +1,17 @@
+//! pbxbridge: a daemon beside an Asterisk 22 PBX that turns ARI events into call records,
+//! pushes live call and registration events to a web UI, provisions PJSIP extensions and
+//! syncs hosted PBXs (Kerio Operator, Kavkom) into the same calls table.
+//!
+//! Layout: `ari` (REST client, events WebSocket, typed events), `calls` (tracker, writer,
+//! store), `live` (event hub), `http` (API), `db` (pool and migrations), `config`
+//! (settings), `app` (wiring of `serve`), `cli` (subcommands).
+
+pub mod app;
+pub mod ari;
+pub mod calls;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod live;
+pub mod logging;
