@@ -85,6 +85,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tracing::info!(url = %stream::events_url(&client, client.app()), "connecting to ARI");
     tasks.spawn(stream::run(client, ari_tx, state_tx, cancel.clone()));
 
+    // Hosted PBXs.
+    let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &mut tasks, &cancel);
+    let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &mut tasks, &cancel);
+
     // HTTP API.
     let state = AppState {
         db: db.clone(),
@@ -93,6 +97,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ari_state: state_rx,
         ingest_stats,
         writer_stats: Some(writer_stats),
+        kerio,
+        kavkom,
     };
     let listener = tokio::net::TcpListener::bind(settings.core.http_listen)
         .await

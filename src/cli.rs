@@ -54,6 +54,30 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Sync call history from a hosted PBX once, for a date range, with a progress bar.
+    Sync {
+        /// Which hosted PBX.
+        #[arg(value_enum)]
+        target: SyncTarget,
+        /// Start of the range (YYYY-MM-DD or RFC 3339; default: the stored watermark).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this extension.
+        #[arg(long)]
+        extension: Option<String>,
+    },
+}
+
+/// Hosted PBXs that `sync` knows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SyncTarget {
+    /// Kerio Operator.
+    Kerio,
+    /// Kavkom.
+    Kavkom,
 }
 
 /// Runs a subcommand; returns the process exit code.
@@ -87,6 +111,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             replay(&settings, &path, dry_run).await?;
             Ok(0)
         }
+        Command::Sync { target: SyncTarget::Kerio, from, to, extension } => crate::sync::kerio::cli_sync(&settings, from, to, extension).await,
+        Command::Sync { target: SyncTarget::Kavkom, from, to, extension } => crate::sync::kavkom::cli_sync(&settings, from, to, extension).await,
     }
 }
 

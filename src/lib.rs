@@ -6,12 +6,15 @@
 //! store), `live` (event hub), `http` (API), `db` (pool and migrations), `config`
 //! (settings), `app` (wiring of `serve`), `cli` (subcommands).
 
+pub mod ami;
 pub mod app;
 pub mod ari;
 pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod extensions;
 pub mod http;
 pub mod live;
 pub mod logging;
+pub mod sync;

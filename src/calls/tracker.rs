@@ -561,7 +561,7 @@ fn finish(call: &mut LiveCall) {
         rec.hangup_cause = Some(*c);
         rec.hangup_cause_text = Some(txt.clone());
     }
-    rec.dial_status = call.finals.last.clone().or_else(|| call.dialstatus_var.clone()).or(rec.dial_status.take());
+    rec.dial_status = rec.answer_time.map(|_| "ANSWER".to_string()).or_else(|| call.finals.last.clone()).or_else(|| call.dialstatus_var.clone()).or(rec.dial_status.take());
     let status = if rec.answer_time.is_some() {
         CallStatus::Answered
     } else if call.finals.missed {

@@ -35,12 +35,19 @@ pub struct AppState {
     pub ingest_stats: Arc<IngestStats>,
     /// Writer counters (absent when no writer runs).
     pub writer_stats: Option<Arc<WriterStats>>,
+    /// Kerio Operator adapter, when configured.
+    pub kerio: Option<Arc<crate::sync::kerio::Kerio>>,
+    /// Kavkom adapter, when configured.
+    pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(calls::router())
+        .merge(crate::extensions::router())
+        .merge(crate::sync::kerio::router())
+        .merge(crate::sync::kavkom::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .merge(health::router())

@@ -1,0 +1,3 @@
+//! Integration tests: one binary (faster to link), one module per area.
+
+mod support;
