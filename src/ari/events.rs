@@ -396,4 +396,70 @@ mod tests {
         assert_eq!(e.type_name.as_deref(), Some("ChannelCreated"));
         assert!(parse(&CREATED[..CREATED.len() / 2]).is_err());
     }
+
+    mod fuzz {
+        //! Bounded fuzzing of the parser (runs in CI with `cargo test`): arbitrary text,
+        //! and real frames truncated or with bytes flipped, must never panic.
+        use proptest::prelude::*;
+
+        const REAL: &str = include_str!("../../tests/fixtures/captures/blind-transfer/ari.jsonl");
+
+        fn real_frames() -> Vec<&'static str> {
+            REAL.lines().collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_text_never_panics(s in ".{0,400}") {
+                let _ = super::super::parse(&s);
+            }
+
+            #[test]
+            fn truncated_real_frames_never_panic(i in 0usize..157, cut in 0usize..4000) {
+                let frames = real_frames();
+                let f = frames[i % frames.len()];
+                let mut end = cut.min(f.len());
+                while !f.is_char_boundary(end) { end -= 1; }
+                let _ = super::super::parse(&f[..end]);
+            }
+
+            #[test]
+            fn mutated_real_frames_never_panic(i in 0usize..157, pos in 0usize..4000, byte in any::<u8>()) {
+                let frames = real_frames();
+                let mut b = frames[i % frames.len()].as_bytes().to_vec();
+                let p = pos % b.len();
+                b[p] = byte;
+                let s = String::from_utf8_lossy(&b);
+                let _ = super::super::parse(&s);
+            }
+        }
+
+        #[test]
+        fn every_real_frame_parses() {
+            for dir in std::fs::read_dir(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/captures"
+            ))
+            .unwrap()
+            {
+                let dir = dir.unwrap().path();
+                for name in [
+                    "ari.jsonl",
+                    "ari-after-reconnect.jsonl",
+                    "ari-endpoint-app.jsonl",
+                ] {
+                    let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
+                        continue;
+                    };
+                    for line in text.lines() {
+                        let ev = super::super::parse(line)
+                            .unwrap_or_else(|e| panic!("{}: {e}: {line}", dir.display()));
+                        assert!(!matches!(ev, super::super::Event::Unmodelled));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -53,6 +53,7 @@ pub async fn postgres() -> Option<TestDb> {
             return None;
         }
     };
+    drop_stale_databases(&admin).await;
     let name = format!(
         "pbx_t_{}_{}_{}",
         std::process::id(),
@@ -73,6 +74,28 @@ pub async fn postgres() -> Option<TestDb> {
         backend: "postgres",
         _dir: None,
     })
+}
+
+/// Drops test databases left by test processes that are gone (their pid is in the name).
+async fn drop_stale_databases(admin: &Db) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let rows = sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'pbx_t_%'")
+            .fetch_all(admin.pool())
+            .await
+            .unwrap_or_default();
+        for row in rows {
+            let name: String = sqlx::Row::get(&row, "datname");
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(admin.pool())
+                    .await;
+            }
+        }
+    })
+    .await;
 }
 
 fn rand_suffix() -> u32 {
