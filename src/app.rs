@@ -112,7 +112,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         writer_stats: Some(writer_stats),
         kerio,
         kavkom,
+        login_limiter: Arc::default(),
+        shutdown: cancel.clone(),
     };
+    if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
+        tracing::error!(
+            "users exist but JWT_SECRET is not set: POST /auth/login answers 503 until it is"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(settings.core.http_listen)
         .await
         .with_context(|| format!("cannot listen on HTTP_LISTEN={}", settings.core.http_listen))?;
@@ -121,9 +128,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = http::router(state);
     let stop = cancel.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!("HTTP server failed: {e}");
         }

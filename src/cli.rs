@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Manage API users (login with POST /auth/login).
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Sync call history from a hosted PBX once, for a date range, with a progress bar.
     Sync {
         /// Which hosted PBX.
@@ -69,6 +75,40 @@ pub enum Command {
         #[arg(long)]
         extension: Option<String>,
     },
+}
+
+/// Managing API users (`pbxbridge user ...`).
+#[derive(Subcommand, Debug)]
+pub enum UserAction {
+    /// Add a user; the password is read from standard input (prompted on a terminal).
+    Add {
+        /// Login name.
+        name: String,
+        /// Rights.
+        #[arg(long, value_enum, default_value = "viewer")]
+        role: RoleArg,
+    },
+    /// List users.
+    List,
+    /// Set a user's password (read like `add`).
+    Passwd {
+        /// Login name.
+        name: String,
+    },
+    /// Remove a user.
+    Remove {
+        /// Login name.
+        name: String,
+    },
+}
+
+/// Roles on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RoleArg {
+    /// Read and change everything.
+    Admin,
+    /// Read only.
+    Viewer,
 }
 
 /// Hosted PBXs that `sync` knows.
@@ -111,6 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             replay(&settings, &path, dry_run).await?;
             Ok(0)
         }
+        Command::User { action } => user(&settings, action).await,
         Command::Sync {
             target: SyncTarget::Kerio,
             from,
@@ -210,4 +251,65 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
         writeln!(stdout, "{}", stored.to_json(settings.core.ui_locale, now))?;
     }
     Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        Ok(rpassword::prompt_password("Password: ")?)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+async fn user(settings: &Settings, action: UserAction) -> anyhow::Result<i32> {
+    use crate::http::auth::Role;
+    use crate::users::store as users;
+    let db = Db::connect_and_migrate(&settings.core.database_url).await?;
+    match action {
+        UserAction::Add { name, role } => {
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Viewer => Role::Viewer,
+            };
+            let password = read_password()?;
+            match users::add(&db, &name, &password, role).await {
+                Ok(u) => println!("user {} added ({:?})", u.username, u.role),
+                Err(crate::users::UserError::Db(crate::db::DbError::Conflict { .. })) => {
+                    eprintln!("error: a user named {name:?} already exists");
+                    return Ok(1);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(1);
+                }
+            }
+            if settings.auth.jwt_secret.is_none() {
+                eprintln!("note: set JWT_SECRET before users can log in");
+            }
+        }
+        UserAction::List => {
+            for u in users::list(&db).await? {
+                println!("{}\t{:?}\t{}", u.username, u.role, u.created_at);
+            }
+        }
+        UserAction::Passwd { name } => {
+            let password = read_password()?;
+            if let Err(e) = users::set_password(&db, &name, &password).await {
+                eprintln!("error: {e}");
+                return Ok(1);
+            }
+            println!("password of {name} changed");
+        }
+        UserAction::Remove { name } => {
+            if let Err(e) = users::remove(&db, &name).await {
+                eprintln!("error: {e}");
+                return Ok(1);
+            }
+            println!("user {name} removed");
+        }
+    }
+    Ok(0)
 }

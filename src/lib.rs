@@ -18,3 +18,4 @@ pub mod http;
 pub mod live;
 pub mod logging;
 pub mod sync;
+pub mod users;

@@ -14,7 +14,7 @@ use super::writer::WriterHandle;
 use crate::ari::events::{self, Event};
 use crate::ari::stasis::StasisEntry;
 use crate::ari::stream::AriMessage;
-use crate::live::{ExtensionStatus, Hub};
+use crate::live::Hub;
 
 /// Counters of the pipeline (shared with `/health`).
 #[derive(Debug, Default)]
@@ -130,21 +130,13 @@ impl Pipeline {
                     "ARI application taken over by another connection (ApplicationReplaced): is a second pbxbridge running with the same ARI_APP?"
                 );
             }
-            Event::PeerStatusChange { endpoint, peer, .. } => {
+            Event::PeerStatusChange { endpoint, .. }
+            | Event::ContactStatusChange { endpoint, .. }
+            | Event::EndpointStateChange { endpoint, .. } => {
                 if let Some(hub) = &self.hub {
-                    let state =
-                        endpoint
-                            .state
-                            .clone()
-                            .unwrap_or_else(|| match peer.peer_status.as_str() {
-                                "Reachable" | "Registered" => "online".into(),
-                                _ => "offline".into(),
-                            });
-                    hub.publish_extension(ExtensionStatus {
-                        extension: endpoint.resource.clone(),
-                        state,
-                        contacts: Vec::new(),
-                    });
+                    if self.tracker.agents().is_agent(&endpoint.resource) {
+                        hub.apply_registration(ev);
+                    }
                 }
             }
             _ => {}

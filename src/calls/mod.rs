@@ -4,6 +4,7 @@
 pub mod ingest;
 pub mod labels;
 pub mod model;
+pub mod stats;
 pub mod store;
 pub mod tracker;
 pub mod writer;

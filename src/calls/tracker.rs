@@ -197,6 +197,11 @@ impl Tracker {
         }
     }
 
+    /// The agent matcher in use.
+    pub fn agents(&self) -> &AgentMatcher {
+        &self.agents
+    }
+
     /// Counters.
     pub fn stats(&self) -> TrackerStats {
         self.stats

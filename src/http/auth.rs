@@ -1,6 +1,8 @@
-//! Authentication of API requests: `Authorization: Bearer <token>` where the token is one
-//! of `API_TOKENS` (machine clients, full rights). Every route but `/health` goes through
-//! [`require_token`], which puts the caller's [`Principal`] into the request.
+//! Authentication of API requests: `Authorization: Bearer <token>` (or `?token=` for
+//! browsers' WebSocket and EventSource), where the token is one of `API_TOKENS` (machine
+//! clients, admin rights) or a login JWT signed with `JWT_SECRET` (the user's role). Every
+//! route but `/health` and `/auth/login` goes through [`require_token`], which puts the
+//! caller's [`Principal`] into the request.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -64,7 +66,8 @@ pub fn bearer_token(req: &Request) -> Option<String> {
     })
 }
 
-/// Resolves a token to a principal: a static API token is an admin.
+/// Resolves a token to a principal: a static API token is an admin; a valid, unexpired
+/// login JWT carries its user's role.
 pub fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
     let static_ok = state
         .settings
@@ -79,7 +82,12 @@ pub fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
             role: Role::Admin,
         });
     }
-    None
+    let secret = state.settings.auth.jwt_secret.as_ref()?;
+    let claims = crate::users::token::verify(secret.expose(), token)?;
+    Some(Principal {
+        name: claims.sub,
+        role: claims.role,
+    })
 }
 
 /// Middleware: 401 unless the request carries a valid token.

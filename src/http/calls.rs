@@ -1,11 +1,13 @@
-//! `/calls`: call history with filters and paging, one call by id, and the calls in
-//! progress. Query values are validated one by one; a bad one is a 400 naming it.
+//! `/calls`: call history with filters and paging (or all of it as CSV with `format=csv` or
+//! `Accept: text/csv`), one call by id, the calls in progress, and `/stats/calls`. Query
+//! values are validated one by one; a bad one is a 400 naming it.
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
@@ -26,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/calls", get(list))
         .route("/calls/active", get(active))
         .route("/calls/{id}", get(one))
+        .route("/stats/calls", get(stats))
 }
 
 /// Parses a time filter: RFC 3339 (`2026-11-21T16:00:00Z`) or a date (`2026-11-21`, midnight UTC).
@@ -104,8 +107,26 @@ pub fn filter_from_query(q: &HashMap<String, String>, paged: bool) -> Result<Cal
 
 async fn list(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    let wants_csv = match q.get("format").map(String::as_str) {
+        Some("csv") => true,
+        Some("json") | None => headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/csv")),
+        Some(other) => {
+            return Err(ApiError::bad_param(
+                "format",
+                format!("format must be json or csv, got {other:?}"),
+            ));
+        }
+    };
+    if wants_csv {
+        let f = filter_from_query(&q, false)?;
+        return Ok(csv_response(state, f));
+    }
     let f = filter_from_query(&q, true)?;
     let (items, total) = store::list(&state.db, &f).await?;
     let now = Utc::now();
@@ -113,8 +134,140 @@ async fn list(
         .iter()
         .map(|r| r.to_json(state.settings.core.ui_locale, now))
         .collect();
+    Ok(
+        Json(json!({ "items": items, "total": total, "limit": f.limit, "offset": f.offset }))
+            .into_response(),
+    )
+}
+
+const CSV_HEADER: [&str; 19] = [
+    "id",
+    "source",
+    "callId",
+    "direction",
+    "fromNumber",
+    "toNumber",
+    "extension",
+    "startTime",
+    "answerTime",
+    "endTime",
+    "duration",
+    "billsec",
+    "state",
+    "status",
+    "hangupCause",
+    "hangupCauseText",
+    "dialStatus",
+    "recordingPath",
+    "label",
+];
+
+fn csv_row(r: &crate::calls::CallRecord, locale: crate::config::Locale) -> Vec<String> {
+    use crate::db::format_time;
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        r.id.to_string(),
+        r.source.as_str().into(),
+        r.call_id.clone(),
+        r.direction.as_str().into(),
+        o(&r.from_number),
+        o(&r.to_number),
+        o(&r.extension),
+        format_time(&r.start_time),
+        r.answer_time.as_ref().map(format_time).unwrap_or_default(),
+        r.end_time.as_ref().map(format_time).unwrap_or_default(),
+        r.duration.to_string(),
+        r.billsec.to_string(),
+        r.state.as_str().into(),
+        r.status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        r.hangup_cause.map(|c| c.to_string()).unwrap_or_default(),
+        o(&r.hangup_cause_text),
+        o(&r.dial_status),
+        o(&r.recording_path),
+        r.status
+            .map(|s| crate::calls::labels::status_label(locale, s))
+            .unwrap_or_else(|| crate::calls::labels::state_label(locale, r.state))
+            .to_string(),
+    ]
+}
+
+fn csv_chunk(rows: &[Vec<String>], header: bool) -> Result<Vec<u8>, std::io::Error> {
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    if header {
+        w.write_record(CSV_HEADER)?;
+    }
+    for r in rows {
+        w.write_record(r)?;
+    }
+    w.into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// All matching calls as CSV (UTF-8 with a byte-order mark, for Excel), newest first,
+/// streamed page by page.
+fn csv_response(state: AppState, f: CallFilter) -> axum::response::Response {
+    const PAGE: i64 = 1000;
+    let locale = state.settings.core.ui_locale;
+    let stream = async_stream::stream! {
+        let mut head = "\u{feff}".as_bytes().to_vec();
+        match csv_chunk(&[], true) {
+            Ok(h) => head.extend(h),
+            Err(e) => { yield Err(e); return; }
+        }
+        yield Ok::<Vec<u8>, std::io::Error>(head);
+        let mut page = CallFilter { limit: Some(PAGE), offset: 0, ..f };
+        loop {
+            let items = match store::list(&state.db, &page).await {
+                Ok((items, _)) => items,
+                Err(e) => {
+                    tracing::error!("CSV export failed: {e}");
+                    yield Err(std::io::Error::other("database error"));
+                    return;
+                }
+            };
+            let rows: Vec<Vec<String>> = items.iter().map(|r| csv_row(r, locale)).collect();
+            yield csv_chunk(&rows, false);
+            if (items.len() as i64) < PAGE {
+                break;
+            }
+            page.offset += PAGE;
+        }
+    };
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"calls.csv\"",
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::calls::stats::{GroupBy, Stats};
+    let by_name = q.get("groupBy").map(String::as_str).unwrap_or("day");
+    let by = GroupBy::parse(by_name).ok_or_else(|| {
+        ApiError::bad_param(
+            "groupBy",
+            format!("groupBy must be day, hour or extension, got {by_name:?}"),
+        )
+    })?;
+    let f = filter_from_query(&q, false)?;
+    let mut stats = Stats::new(by);
+    store::for_each(&state.db, &f, |r| {
+        stats.add(&r);
+        true
+    })
+    .await?;
+    let (groups, total) = stats.finish();
     Ok(Json(
-        json!({ "items": items, "total": total, "limit": f.limit, "offset": f.offset }),
+        json!({ "groupBy": by_name, "groups": groups, "total": total }),
     ))
 }
 

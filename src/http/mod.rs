@@ -6,6 +6,8 @@ pub mod auth;
 pub mod calls;
 pub mod error;
 pub mod health;
+pub mod live;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -39,12 +41,23 @@ pub struct AppState {
     pub kerio: Option<Arc<crate::sync::kerio::Kerio>>,
     /// Kavkom adapter, when configured.
     pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
+    /// Failed-login counts.
+    pub login_limiter: Arc<crate::users::limiter::LoginLimiter>,
+    /// Cancelled at shutdown (ends live connections).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// The whole API.
+/// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
+/// 1 MiB body limit and request tracing.
 pub fn router(state: AppState) -> Router {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    use tower_http::set_header::SetResponseHeaderLayer;
+
     let protected = Router::new()
         .merge(calls::router())
+        .merge(live::router())
+        .merge(users::protected_router())
         .merge(crate::extensions::router())
         .merge(crate::sync::kerio::router())
         .merge(crate::sync::kavkom::router())
@@ -52,9 +65,45 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    let origins: Vec<HeaderValue> = state
+        .settings
+        .auth
+        .cors_origins
+        .0
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(
+            if state.settings.auth.cors_origins.0.iter().any(|o| o == "*") {
+                AllowOrigin::any()
+            } else {
+                AllowOrigin::list(origins)
+            },
+        )
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT]);
+    let h = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
+    };
     Router::new()
         .merge(health::router())
+        .merge(users::public_router())
         .merge(protected)
+        .layer(h("x-content-type-options", "nosniff"))
+        .layer(h("x-frame-options", "DENY"))
+        .layer(h("referrer-policy", "no-referrer"))
+        .layer(h("cache-control", "no-store"))
+        .layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
         .with_state(state)

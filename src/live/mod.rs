@@ -1,7 +1,11 @@
 //! The live event hub: call and extension changes fanned out to every subscriber
 //! (WebSocket and SSE clients), plus the set of calls in progress for snapshots and
-//! `GET /calls/active`. Publishing never blocks: subscribers that fall behind are told
+//! `GET /calls/active`, and the registration state of every extension (folded from ARI
+//! `PeerStatusChange` / `ContactStatusChange`: an application subscribed to all never gets
+//! `EndpointStateChange`). Publishing never blocks: subscribers that fall behind are told
 //! they lagged (and must reload a snapshot) instead of slowing the daemon.
+
+pub mod messages;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,10 +21,22 @@ use crate::calls::tracker::{CallChange, CallUpdate};
 pub struct ExtensionStatus {
     /// Extension (endpoint resource).
     pub extension: String,
-    /// `online` or `offline`.
+    /// `online` or `offline` (ARI endpoint state).
     pub state: String,
-    /// Contacts as ARI reported them: `{"uri", "status", "rttMs"}`.
-    pub contacts: Vec<serde_json::Value>,
+    /// Registered contacts.
+    pub contacts: Vec<ContactStatus>,
+}
+
+/// One contact of an extension (ARI `ContactInfo`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactStatus {
+    /// Contact URI.
+    pub uri: String,
+    /// Reachable, Unreachable, NonQualified, Created, Unknown.
+    pub status: String,
+    /// Round-trip time in milliseconds, when qualified.
+    pub rtt_ms: Option<f64>,
 }
 
 /// One thing that happened, as published to subscribers.
@@ -67,6 +83,57 @@ impl Hub {
             }
         }
         let _ = self.tx.send(Arc::new(LiveEvent::Call(update.clone())));
+    }
+
+    /// Folds a registration event (`PeerStatusChange`, `ContactStatusChange`,
+    /// `EndpointStateChange`) for an agent extension into its state and publishes the new
+    /// state when it changed. Other events are ignored.
+    pub fn apply_registration(&self, event: &crate::ari::Event) {
+        use crate::ari::Event;
+        let (endpoint, contact) = match event {
+            Event::PeerStatusChange { endpoint, .. }
+            | Event::EndpointStateChange { endpoint, .. } => (endpoint, None),
+            Event::ContactStatusChange {
+                endpoint,
+                contact_info,
+                ..
+            } => (endpoint, Some(contact_info)),
+            _ => return,
+        };
+        let mut status = self
+            .extensions
+            .read()
+            .ok()
+            .and_then(|e| e.get(&endpoint.resource).cloned())
+            .unwrap_or_else(|| ExtensionStatus {
+                extension: endpoint.resource.clone(),
+                state: "offline".into(),
+                contacts: Vec::new(),
+            });
+        let before = status.clone();
+        if let Some(state) = &endpoint.state {
+            status.state = state.clone();
+        }
+        if let Some(c) = contact {
+            status.contacts.retain(|x| x.uri != c.uri);
+            if c.contact_status != "Removed" {
+                let rtt_ms = c
+                    .roundtrip_usec
+                    .as_deref()
+                    .and_then(|u| u.parse::<f64>().ok())
+                    .filter(|u| *u > 0.0)
+                    .map(|u| u / 1000.0);
+                status.contacts.push(ContactStatus {
+                    uri: c.uri.clone(),
+                    status: c.contact_status.clone(),
+                    rtt_ms,
+                });
+            }
+        }
+        if status != before {
+            tracing::info!(extension = %status.extension, state = %status.state, contacts = status.contacts.len(), "extension registration changed");
+            self.publish_extension(status);
+        }
     }
 
     /// Publishes an extension's registration change and remembers it.

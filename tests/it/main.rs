@@ -4,4 +4,6 @@ mod calls_api;
 mod calls_e2e;
 mod cli;
 mod fake_asterisk;
+mod live;
 mod support;
+mod users;

@@ -1,0 +1,91 @@
+//! `POST /auth/login` `{"username", "password"}` → `{"token", "expiresAt"}` (JWT, see
+//! `users::token`), rate-limited per client IP and per username (5 failures a minute → 429
+//! with `Retry-After`); failures are logged without the password. `GET /auth/me` tells the
+//! caller who they are.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, State};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::ApiError;
+use crate::users::{store, token, verify_password};
+
+/// Routes without a token (login).
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/auth/login", post(login))
+}
+
+/// Routes behind the token middleware.
+pub fn protected_router() -> Router<AppState> {
+    Router::new().route("/auth/me", get(me))
+}
+
+/// Login body.
+#[derive(Deserialize)]
+pub struct Login {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: e.body_text(),
+    })?;
+    let username = body
+        .username
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::invalid("username", "username is required"))?;
+    let password = body
+        .password
+        .ok_or_else(|| ApiError::invalid("password", "password is required"))?;
+    let secret = state
+        .settings
+        .auth
+        .jwt_secret
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("logins are off: JWT_SECRET is not set".into()))?;
+    let keys = [format!("ip:{}", peer.ip()), format!("user:{username}")];
+    let now = Instant::now();
+    if let Some(retry_after) = state.login_limiter.blocked(&keys, now) {
+        tracing::warn!(user = %username, ip = %peer.ip(), retry_after, "login refused: too many failures");
+        return Err(ApiError::TooManyRequests { retry_after });
+    }
+    let found = store::find_for_login(&state.db, &username).await?;
+    let user = match found {
+        Some((user, hash)) if verify_password(&password, &hash) => user,
+        _ => {
+            state.login_limiter.failed(&keys, now);
+            tracing::warn!(user = %username, ip = %peer.ip(), "login failed");
+            return Err(ApiError::Unauthorized);
+        }
+    };
+    let (token, exp) = token::issue(
+        secret.expose(),
+        &user.username,
+        user.role,
+        chrono::Utc::now().timestamp(),
+        state.settings.auth.jwt_ttl,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires_at = chrono::DateTime::from_timestamp(exp, 0).map(|t| crate::db::format_time(&t));
+    tracing::info!(user = %user.username, role = ?user.role, "login ok");
+    Ok(Json(
+        json!({ "token": token, "expiresAt": expires_at, "role": user.role }),
+    ))
+}
+
+async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
+    Json(json!({ "name": p.name, "role": p.role }))
+}

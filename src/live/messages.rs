@@ -1,0 +1,165 @@
+//! The messages live clients receive: `{"event": NAME, "data": {...}}` with the seeds'
+//! names and fields, the per-client filter (`?extension=`, `?events=`), and the snapshot
+//! sent on connect.
+//!
+//! - `incoming_call` `{callId, source, fromNumber, toNumber, extension, direction, startTime, state: "ringing", labels}`:
+//!   a call starts ringing toward an agent (inbound or internal).
+//! - `call_status` `{callId, source, state, status, extension, answerTime, endTime, duration, billsec, labels}`:
+//!   on every state change (ringing for outbound calls, connected, ended or missed).
+//! - `extension_status` `{extension, state: "online"|"offline", contacts: [{uri, status, rttMs}]}`.
+//! - `snapshot` `{calls: [call JSON...], extensions: [extension_status data...]}`.
+//! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{Hub, LiveEvent};
+use crate::calls::tracker::{CallChange, CallUpdate};
+use crate::calls::{CallRecord, Direction, labels};
+use crate::config::Locale;
+
+/// Event names a client may ask for.
+pub const EVENT_NAMES: [&str; 3] = ["incoming_call", "call_status", "extension_status"];
+
+/// Which messages one client wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only calls of this agent and this extension's status.
+    pub extension: Option<String>,
+    /// Only these event names (None: all).
+    pub events: Option<HashSet<String>>,
+}
+
+impl Filter {
+    /// Parses `extension` and `events` (comma-separated) query values; Err names the bad
+    /// event name.
+    pub fn parse(extension: Option<&str>, events: Option<&str>) -> Result<Filter, String> {
+        let events = match events {
+            None | Some("") => None,
+            Some(list) => {
+                let mut set = HashSet::new();
+                for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    if !EVENT_NAMES.contains(&e) {
+                        return Err(format!(
+                            "unknown event {e:?}; known: {}",
+                            EVENT_NAMES.join(", ")
+                        ));
+                    }
+                    set.insert(e.to_string());
+                }
+                Some(set)
+            }
+        };
+        Ok(Filter {
+            extension: extension.filter(|e| !e.is_empty()).map(str::to_string),
+            events,
+        })
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.events.as_ref().is_none_or(|s| s.contains(name))
+    }
+
+    fn wants_call(&self, r: &CallRecord) -> bool {
+        self.extension
+            .as_ref()
+            .is_none_or(|e| r.extension.as_deref() == Some(e.as_str()))
+    }
+}
+
+fn frame(name: &str, data: Value) -> String {
+    json!({ "event": name, "data": data }).to_string()
+}
+
+/// The message for `event`, as JSON text, when `filter` wants it.
+pub fn render(event: &LiveEvent, locale: Locale, filter: &Filter) -> Option<String> {
+    match event {
+        LiveEvent::Call(u) => {
+            if !filter.wants_call(&u.record) {
+                return None;
+            }
+            let (name, data) = call_message(u, locale)?;
+            filter.wants(name).then(|| frame(name, data))
+        }
+        LiveEvent::Extension(s) => {
+            if filter.extension.as_ref().is_some_and(|e| e != &s.extension)
+                || !filter.wants("extension_status")
+            {
+                return None;
+            }
+            Some(frame("extension_status", serde_json::to_value(s).ok()?))
+        }
+    }
+}
+
+/// Maps a call update to its message name and data (None for changes the UI does not need).
+pub fn call_message(u: &CallUpdate, locale: Locale) -> Option<(&'static str, Value)> {
+    let r = &u.record;
+    let now = Utc::now();
+    let incoming = matches!(r.direction, Direction::Inbound | Direction::Internal);
+    match u.change {
+        CallChange::Ringing if incoming => Some((
+            "incoming_call",
+            json!({
+                "callId": r.call_id,
+                "source": r.source,
+                "fromNumber": r.from_number,
+                "toNumber": r.to_number,
+                "extension": r.extension,
+                "direction": r.direction,
+                "startTime": crate::db::format_time(&r.start_time),
+                "state": "ringing",
+                "labels": labels::labels(locale, r.state, r.status),
+            }),
+        )),
+        CallChange::Created if !incoming => Some(("call_status", status_data(r, locale, now))),
+        CallChange::Answered | CallChange::Ended => {
+            Some(("call_status", status_data(r, locale, now)))
+        }
+        _ => None,
+    }
+}
+
+fn status_data(r: &CallRecord, locale: Locale, now: chrono::DateTime<Utc>) -> Value {
+    let j = r.to_json(locale, now);
+    json!({
+        "callId": r.call_id,
+        "source": r.source,
+        "state": r.state,
+        "status": r.status,
+        "extension": r.extension,
+        "answerTime": j["answerTime"],
+        "endTime": j["endTime"],
+        "duration": j["duration"],
+        "billsec": j["billsec"],
+        "labels": j["labels"],
+    })
+}
+
+/// The `snapshot` message: calls in progress (live durations) and extension states, filtered.
+pub fn snapshot(hub: &Hub, locale: Locale, filter: &Filter) -> String {
+    let now = Utc::now();
+    let calls: Vec<Value> = hub
+        .active_calls()
+        .iter()
+        .filter(|r| filter.wants_call(r))
+        .map(|r| r.to_json(locale, now))
+        .collect();
+    let extensions: Vec<Value> = hub
+        .extension_states()
+        .into_iter()
+        .filter(|s| filter.extension.as_ref().is_none_or(|e| e == &s.extension))
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect();
+    frame(
+        "snapshot",
+        json!({ "calls": calls, "extensions": extensions }),
+    )
+}
+
+/// The `resync` message after `missed` events were dropped for a slow client.
+pub fn resync(missed: u64) -> String {
+    frame("resync", json!({ "missed": missed }))
+}

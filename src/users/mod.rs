@@ -1,0 +1,85 @@
+//! Users of the web app: argon2id password hashes, roles (admin, viewer), JWT login tokens
+//! (HS256 with `JWT_SECRET`, lifetime `JWT_TTL`), and the per-IP / per-username limit on
+//! failed logins.
+
+pub mod limiter;
+pub mod store;
+pub mod token;
+
+use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
+
+use crate::http::auth::Role;
+
+/// Errors of the users layer.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Storage failed (a duplicate username is `DbError::Conflict`).
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    /// The username is not acceptable.
+    #[error("username must be 1 to 64 characters of letters, digits, '.', '_', '-' or '@'")]
+    BadUsername,
+    /// The password is not acceptable.
+    #[error("password must be 8 to 128 characters")]
+    BadPassword,
+    /// No such user.
+    #[error("no user named {0:?}")]
+    NotFound(String),
+}
+
+/// One user (never carries the password hash out of the store).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// UUID.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Rights.
+    pub role: Role,
+    /// When created (UTC, stored format).
+    pub created_at: String,
+    /// When last changed.
+    pub updated_at: String,
+}
+
+/// Checks a username: 1–64 of `[A-Za-z0-9._@-]`.
+pub fn valid_username(name: &str) -> Result<(), UserError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::BadUsername)
+    }
+}
+
+/// Hashes a password with argon2id (PHC string with its own salt).
+pub fn hash_password(password: &str) -> Result<String, UserError> {
+    if password.chars().count() < 8 || password.chars().count() > 128 {
+        return Err(UserError::BadPassword);
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+/// True when `password` matches the stored argon2 hash.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}

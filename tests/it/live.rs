@@ -1,0 +1,341 @@
+//! Live events: a real WebSocket client against the daemon fed by a capture through the fake
+//! Asterisk; SSE; filters; snapshot; slow clients; origin and token checks.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+use crate::fake_asterisk::{Fake, PASS, USER};
+use crate::support::{self, TestDb};
+
+const TOKEN: &str = "live-token";
+
+async fn daemon(db: &TestDb, fake: &Fake, extra: &[&str]) -> pbxbridge::app::Running {
+    let (url, _server) = fake.start().await;
+    let mut args = vec![
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        &url,
+        "--ari-username",
+        USER,
+        "--ari-password",
+        PASS,
+        "--api-tokens",
+        TOKEN,
+        "--ui-locale",
+        "en",
+    ];
+    args.extend_from_slice(extra);
+    pbxbridge::app::start(support::settings(&args))
+        .await
+        .unwrap()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: std::net::SocketAddr, query: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={TOKEN}{query}"))
+        .await
+        .unwrap();
+    ws
+}
+
+/// Reads messages until `done` says so or 10 s pass; returns them.
+async fn read_until(ws: &mut Ws, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&got) {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await;
+        match msg {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+fn names(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A fake that waits for the first WebSocket client before Asterisk "starts" the calls.
+fn gated(capture: &str) -> Fake {
+    Fake::from_capture(&support::fixtures().join("captures").join(capture))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_answered_yields_incoming_then_connected_then_ended() {
+    let db = support::sqlite().await;
+    // Hold the capture back until our client is connected: serve it on the 2nd ARI connection.
+    let fake = gated("inbound-answered");
+    let frames = fake.0.lock().unwrap().segments[0].clone();
+    {
+        let mut inner = fake.0.lock().unwrap();
+        inner.segments = vec![vec![], frames];
+        let rest = inner.rest[0].clone();
+        inner.rest.push(rest);
+    }
+    // First connection serves nothing and is closed: the daemon reconnects after its backoff.
+    let running = daemon(&db, &fake, &[]).await;
+    let mut ws = connect(running.addr, "").await;
+    let msgs = read_until(&mut ws, |m| {
+        m.iter().filter(|x| x["event"] == "call_status").count() >= 2
+    })
+    .await;
+    running.shutdown().await;
+    assert_eq!(
+        names(&msgs),
+        ["snapshot", "incoming_call", "call_status", "call_status"],
+        "{msgs:#?}"
+    );
+    let id = "1795279489.22";
+    let inc = &msgs[1]["data"];
+    assert_eq!(inc["callId"], id);
+    assert_eq!(inc["fromNumber"], "+998901234567");
+    assert_eq!(inc["toNumber"], "712345001");
+    assert_eq!(inc["extension"], "1001");
+    assert_eq!(inc["direction"], "inbound");
+    assert_eq!(inc["state"], "ringing");
+    assert_eq!(inc["labels"]["state"], "ringing");
+    assert_eq!(msgs[2]["data"]["callId"], id);
+    assert_eq!(msgs[2]["data"]["state"], "connected");
+    assert!(msgs[2]["data"]["answerTime"].is_string());
+    assert_eq!(msgs[3]["data"]["callId"], id);
+    assert_eq!(msgs[3]["data"]["state"], "ended");
+    assert_eq!(msgs[3]["data"]["status"], "answered");
+    assert_eq!(msgs[3]["data"]["billsec"], 3);
+}
+
+fn delayed(capture: &str) -> Fake {
+    let fake = gated(capture);
+    {
+        let mut inner = fake.0.lock().unwrap();
+        let frames = inner.segments[0].clone();
+        inner.segments = vec![vec![], frames];
+        let rest = inner.rest[0].clone();
+        inner.rest.push(rest);
+    }
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_yields_the_events_of_five_calls_and_a_slow_client_delays_nobody() {
+    let db = support::sqlite().await;
+    let fake = delayed("burst");
+    let running = daemon(&db, &fake, &[]).await;
+    // A client that never reads.
+    let _slow = connect(running.addr, "").await;
+    let mut ws = connect(running.addr, "").await;
+    let msgs = read_until(&mut ws, |m| {
+        m.iter()
+            .filter(|x| x["event"] == "call_status" && x["data"]["endTime"].is_string())
+            .count()
+            >= 5
+    })
+    .await;
+    // Filtered client: only 1002's calls.
+    running.shutdown().await;
+    let ended: Vec<&Value> = msgs
+        .iter()
+        .filter(|x| x["event"] == "call_status" && x["data"]["endTime"].is_string())
+        .collect();
+    assert_eq!(ended.len(), 5, "{msgs:#?}");
+    let status = |id: &str| {
+        ended.iter().find(|m| m["data"]["callId"] == id).unwrap()["data"]["status"].clone()
+    };
+    assert_eq!(status("1795279635.49"), "answered");
+    assert_eq!(status("1795279636.51"), "answered");
+    assert_eq!(status("1795279636.53"), "missed");
+    assert_eq!(status("1795279636.54"), "busy");
+    assert_eq!(status("1795279636.56"), "failed");
+    let incoming: Vec<&Value> = msgs
+        .iter()
+        .filter(|x| x["event"] == "incoming_call")
+        .collect();
+    assert_eq!(incoming.len(), 3, "calls that rang an agent: {incoming:#?}");
+    // Each call's incoming_call comes before its end.
+    for inc in incoming {
+        let id = &inc["data"]["callId"];
+        let i = msgs.iter().position(|m| m == inc).unwrap();
+        let e = msgs
+            .iter()
+            .position(|m| {
+                m["event"] == "call_status"
+                    && &m["data"]["callId"] == id
+                    && m["data"]["endTime"].is_string()
+            })
+            .unwrap();
+        assert!(i < e);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_yields_offline_then_online_for_1002_and_filters_apply() {
+    let db = support::sqlite().await;
+    let fake = delayed("registration");
+    let running = daemon(&db, &fake, &[]).await;
+    let mut ws = connect(running.addr, "&extension=1002&events=extension_status").await;
+    let mut other = connect(running.addr, "&extension=1001").await;
+    let msgs = read_until(&mut ws, |m| {
+        m.iter().any(|x| {
+            x["event"] == "extension_status"
+                && x["data"]["state"] == "online"
+                && x["data"]["contacts"][0]["status"] == "Reachable"
+        })
+    })
+    .await;
+    let others = read_until(&mut other, |m| m.len() >= 2).await;
+    // A fresh client gets the state in its snapshot.
+    let mut late = connect(running.addr, "").await;
+    let snap = read_until(&mut late, |m| !m.is_empty()).await;
+    running.shutdown().await;
+    let states: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["event"] == "extension_status")
+        .map(|m| m["data"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"offline"), "{msgs:#?}");
+    assert_eq!(states.last(), Some(&"online"));
+    let last = msgs.last().unwrap();
+    assert_eq!(last["data"]["extension"], "1002");
+    assert_eq!(last["data"]["contacts"][0]["rttMs"], 0.545);
+    assert_eq!(
+        others.len(),
+        1,
+        "1001's client sees only its snapshot: {others:#?}"
+    );
+    assert_eq!(snap[0]["event"], "snapshot");
+    assert_eq!(snap[0]["data"]["extensions"][0]["extension"], "1002");
+    assert_eq!(snap[0]["data"]["extensions"][0]["state"], "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_mid_call_sse_and_active_calls() {
+    let db = support::sqlite().await;
+    // Only the first part of the reconnect capture: the call stays up.
+    let fake = gated("reconnect");
+    {
+        let mut inner = fake.0.lock().unwrap();
+        inner.segments.truncate(1);
+        inner.rest.truncate(1);
+    }
+    let running = daemon(&db, &fake, &[]).await;
+    let client = reqwest::Client::new();
+    let mut active = Value::Null;
+    for _ in 0..100 {
+        active = client
+            .get(format!("http://{}/calls/active", running.addr))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if active["total"] == 1 && active["items"][0]["state"] == "connected" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(active["items"][0]["callId"], "1795279620.47", "{active}");
+    assert!(
+        active["items"][0]["duration"].as_i64().unwrap() > 0,
+        "live duration"
+    );
+    let mut ws = connect(running.addr, "").await;
+    let snap = read_until(&mut ws, |m| !m.is_empty()).await;
+    assert_eq!(snap[0]["data"]["calls"][0]["callId"], "1795279620.47");
+    assert_eq!(snap[0]["data"]["calls"][0]["state"], "connected");
+    // SSE: the first event is the same snapshot.
+    let mut resp = client
+        .get(format!("http://{}/events?token={TOKEN}", running.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(
+        text.starts_with("data: ")
+            && text.contains("\"snapshot\"")
+            && text.contains("1795279620.47"),
+        "{text}"
+    );
+    drop(resp);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_needs_a_token_and_an_allowed_origin() {
+    let db = support::sqlite().await;
+    let fake = Fake::from_frames(vec![]);
+    let running = daemon(&db, &fake, &["--cors-origins", "https://crm.example.uz"]).await;
+    let addr = running.addr;
+    let status = |r: Result<_, tungstenite::Error>| match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => 101,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        status(
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+                .await
+                .map(|_| ())
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=nope"))
+                .await
+                .map(|_| ())
+        ),
+        401
+    );
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert_eq!(
+        status(tokio_tungstenite::connect_async(req).await.map(|_| ())),
+        403
+    );
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://crm.example.uz".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("snapshot"));
+    ws.send(Message::Close(None)).await.unwrap();
+    assert_eq!(
+        status(
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={TOKEN}&events=bogus"))
+                .await
+                .map(|_| ())
+        ),
+        400
+    );
+    running.shutdown().await;
+}

@@ -1,0 +1,332 @@
+//! Users and tokens: login with JWT, expired/forged/missing tokens, viewer vs admin, login
+//! rate limit; CSV export and statistics of calls.
+
+use std::time::Duration;
+
+use pbxbridge::http::auth::Role;
+use pbxbridge::users::{store as users, token};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{self, TestDb};
+
+const SECRET: &str = "jwt-secret-for-tests-0123456789";
+
+async fn daemon(db: &TestDb) -> (pbxbridge::app::Running, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ari = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let running = pbxbridge::app::start(support::settings(&[
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        &ari,
+        "--api-tokens",
+        "machine",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-ttl",
+        "3600",
+        "--ui-locale",
+        "ru",
+    ]))
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    (running, base)
+}
+
+async fn login(base: &str, user: &str, pass: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"username": user, "password": pass}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_tokens_roles_and_rate_limit() {
+    for db in support::both().await {
+        users::add(&db.db, "aziza", "correct horse battery", Role::Admin)
+            .await
+            .unwrap();
+        users::add(&db.db, "viewer1", "viewer password 1", Role::Viewer)
+            .await
+            .unwrap();
+        let dup = users::add(&db.db, "aziza", "another password", Role::Viewer).await;
+        assert!(matches!(
+            dup,
+            Err(pbxbridge::users::UserError::Db(
+                pbxbridge::db::DbError::Conflict { .. }
+            ))
+        ));
+        let (running, base) = daemon(&db).await;
+        let client = reqwest::Client::new();
+
+        let r = login(&base, "aziza", "correct horse battery").await;
+        assert_eq!(r.status(), 200, "{}", db.backend);
+        let body: Value = r.json().await.unwrap();
+        let admin_token = body["token"].as_str().unwrap().to_string();
+        assert!(body["expiresAt"].as_str().unwrap().ends_with('Z'));
+        let me: Value = client
+            .get(format!("{base}/auth/me"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me, json!({"name": "aziza", "role": "admin"}));
+        let r = client
+            .get(format!("{base}/calls"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        let viewer: Value = login(&base, "viewer1", "viewer password 1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let viewer_token = viewer["token"].as_str().unwrap();
+        let me: Value = client
+            .get(format!("{base}/auth/me"))
+            .bearer_auth(viewer_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["role"], "viewer");
+        assert_eq!(
+            client
+                .get(format!("{base}/calls"))
+                .bearer_auth(viewer_token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // Expired, forged, missing.
+        let now = chrono::Utc::now().timestamp();
+        let (expired, _) = token::issue(SECRET, "aziza", Role::Admin, now - 7200, 3600).unwrap();
+        assert_eq!(
+            client
+                .get(format!("{base}/calls"))
+                .bearer_auth(expired)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        let (forged, _) =
+            token::issue("some-other-secret", "aziza", Role::Admin, now, 3600).unwrap();
+        assert_eq!(
+            client
+                .get(format!("{base}/calls"))
+                .bearer_auth(forged)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        let mut tampered = admin_token.clone();
+        tampered.pop();
+        assert_eq!(
+            client
+                .get(format!("{base}/calls"))
+                .bearer_auth(tampered)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        assert_eq!(
+            client
+                .get(format!("{base}/calls"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+
+        // Bad bodies.
+        let r = client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"password": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "username");
+        let r = client
+            .post(format!("{base}/auth/login"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+
+        // Rate limit: 5 failures a minute per user, then 429 with Retry-After, even with the right password.
+        for _ in 0..5 {
+            assert_eq!(login(&base, "viewer1", "wrong").await.status(), 401);
+        }
+        let r = login(&base, "viewer1", "viewer password 1").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry));
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn login_is_off_without_jwt_secret() {
+    let db = support::sqlite().await;
+    let running = pbxbridge::app::start(support::settings(&[
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        "http://127.0.0.1:1",
+    ]))
+    .await
+    .unwrap();
+    let r = login(&format!("http://{}", running.addr), "a", "b").await;
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("JWT_SECRET"));
+    running.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_export_and_stats() {
+    for db in support::both().await {
+        for d in ["inbound-answered", "burst", "outbound-busy", "internal"] {
+            let msgs = pbxbridge::ari::capture::load(&support::fixtures().join("captures").join(d))
+                .unwrap();
+            let (h, rx) = pbxbridge::calls::writer::channel();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(pbxbridge::calls::writer::run(
+                db.db.clone(),
+                rx,
+                h.stats().clone(),
+                cancel.clone(),
+            ));
+            let mut p = pbxbridge::calls::ingest::Pipeline::new(
+                pbxbridge::calls::tracker::Tracker::new(Default::default()),
+                Some(h),
+                None,
+                None,
+            );
+            for m in msgs {
+                p.handle(m);
+            }
+            drop(p);
+            cancel.cancel();
+            task.await.unwrap();
+        }
+        let (running, base) = daemon(&db).await;
+        let client = reqwest::Client::new();
+        let r = client
+            .get(format!("{base}/calls?format=csv"))
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with('\u{feff}'), "BOM for Excel");
+        let mut rd = csv::Reader::from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+        assert_eq!(rd.headers().unwrap().get(2), Some("callId"));
+        let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 8, "{}", db.backend);
+        assert!(
+            rows.iter().any(|r| r.get(18) == Some("отвечен")),
+            "labels in UI_LOCALE"
+        );
+        let r = client
+            .get(format!("{base}/calls?direction=outbound"))
+            .header("accept", "text/csv")
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap().lines().count(), 2);
+        let r = client
+            .get(format!("{base}/calls?format=xml"))
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+
+        let stats: Value = client
+            .get(format!("{base}/stats/calls?groupBy=extension"))
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let total = &stats["total"];
+        assert_eq!(total["total"], 8, "{stats}");
+        assert_eq!(total["answered"], 4);
+        assert_eq!(total["busy"], 2);
+        assert_eq!(total["failed"], 1);
+        assert_eq!(total["missed"], 1, "the burst queue call");
+        let ext1002 = stats["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["key"] == "1002")
+            .unwrap();
+        assert_eq!(ext1002["answered"], 2);
+        assert!(ext1002["avgTalkSeconds"].as_f64().unwrap() >= 3.0);
+        let by_day: Value = client
+            .get(format!("{base}/stats/calls?groupBy=day&from=2026-11-21"))
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(by_day["groups"][0]["key"], "2026-11-21");
+        let r = client
+            .get(format!("{base}/stats/calls?groupBy=week"))
+            .bearer_auth("machine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        running.shutdown().await;
+    }
+}
