@@ -4,4 +4,5 @@ mod calls_api;
 mod calls_e2e;
 mod cli;
 mod fake_asterisk;
+mod kerio;
 mod support;

@@ -158,13 +158,16 @@ async fn recording(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let kerio = adapter(&state)?;
-    let call = if uuid::Uuid::parse_str(&call_id).is_ok() {
-        store::get(&state.db, &call_id)
+    // A record UUID, else a Kerio call id (which may itself look like a UUID: 32 hex digits).
+    let mut call = None;
+    if uuid::Uuid::parse_str(&call_id).is_ok() {
+        call = store::get(&state.db, &call_id)
             .await?
-            .filter(|c| c.source == Source::Kerio)
-    } else {
-        store::get_by_call_id(&state.db, Source::Kerio, &call_id).await?
-    };
+            .filter(|c| c.source == Source::Kerio);
+    }
+    if call.is_none() {
+        call = store::get_by_call_id(&state.db, Source::Kerio, &call_id).await?;
+    }
     let call = call.ok_or_else(|| ApiError::NotFound(format!("Kerio call {call_id}")))?;
     let (path, content_type) = kerio
         .recording_file(&call)
