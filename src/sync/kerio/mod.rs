@@ -1,43 +1,241 @@
-//! Kerio Operator adapter (JSON-RPC admin API): call history sync, active calls, recordings.
-//! Stub: to be built (issue 5).
+//! Kerio Operator adapter over its JSON-RPC admin API: call history synced into the `calls`
+//! table (`source = kerio`), active calls pushed to the live hub, recordings served to the UI.
+//!
+//! - `client`: the JSON-RPC session (login, X-Token and cookies, re-login on -32001, retries).
+//! - `map`: Kerio items and STATUS codes to call records.
+//! - `sync`: the history sync (watermark, overlap, newest-first paging, resume).
+//! - `active`: the `Status.getCalls` poll.
+//! - `recordings`: matching, downloading and caching recordings.
+//! - `http`: the `/kerio/...` routes.
+//!
+//! The adapter is on when `KERIO_PBX_HOST` or `KERIO_API_URL` is set.
 
+pub mod active;
+pub mod client;
+pub mod http;
+pub mod map;
+pub mod recordings;
+pub mod store;
+pub mod sync;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use client::{ClientOptions, KerioClient, KerioError};
+pub use sync::SyncRange;
+
+use crate::calls::tracker::AgentMatcher;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::http::AppState;
 use crate::live::Hub;
 
-/// The running adapter (shared by its tasks and HTTP routes).
-#[derive(Debug)]
-pub struct Kerio;
+/// Timing of the adapter. [`Options::from_settings`] reads the settings; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// HTTP timeouts and retries.
+    pub client: ClientOptions,
+    /// Items per `CallHistory.get` page.
+    pub page_size: i64,
+    /// How far before the watermark a scheduled sync starts again (late or changed records).
+    pub overlap: chrono::Duration,
+    /// Time between scheduled syncs (`KERIO_SYNC_INTERVAL`, minutes).
+    pub sync_interval: Duration,
+    /// First delay after a failed sync (doubles up to `sync_interval`).
+    pub sync_retry: Duration,
+    /// Time between active-call polls (`KERIO_POLL_INTERVAL`, seconds).
+    pub poll_interval: Duration,
+}
 
-/// Starts the adapter's tasks when configured (KERIO_PBX_HOST or KERIO_API_URL); None when off.
+impl Options {
+    /// Options from the settings, with a page of 100, an overlap of 10 minutes and a first
+    /// retry 30 s after a failed sync.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Options {
+            client: ClientOptions::default(),
+            page_size: 100,
+            overlap: chrono::Duration::minutes(10),
+            sync_interval: Duration::from_secs(settings.kerio.kerio_sync_interval.max(1) * 60),
+            sync_retry: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(settings.kerio.kerio_poll_interval.max(1)),
+        }
+    }
+}
+
+/// The running adapter, shared by its tasks and HTTP routes.
+#[derive(Debug)]
+pub struct Kerio {
+    client: KerioClient,
+    db: Db,
+    agents: AgentMatcher,
+    options: Options,
+    recordings_dir: PathBuf,
+    sync_lock: Mutex<()>,
+}
+
+impl Kerio {
+    /// An adapter for the Kerio settings of `settings` (see [`KerioClient::new`] for errors).
+    pub fn new(settings: &Settings, db: Db, options: Options) -> Result<Self, KerioError> {
+        Ok(Kerio {
+            client: KerioClient::new(&settings.kerio, options.client.clone())?,
+            db,
+            agents: AgentMatcher::new(settings.core.extension_pattern.clone()),
+            options,
+            recordings_dir: crate::sync::recording::cache_dir(
+                settings.core.recordings_dir.as_deref(),
+            ),
+            sync_lock: Mutex::new(()),
+        })
+    }
+
+    /// The JSON-RPC session.
+    pub fn client(&self) -> &KerioClient {
+        &self.client
+    }
+
+    /// Spawns the history sync loop and the active-call poll into `tasks`; both stop on
+    /// `cancel`, after which the session is logged out.
+    pub fn start(self: &Arc<Self>, hub: &Hub, tasks: &mut JoinSet<()>, cancel: &CancellationToken) {
+        let kerio = self.clone();
+        let hub = hub.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::join!(
+                kerio.run_history(cancel.clone()),
+                kerio.run_active(hub, cancel.clone())
+            );
+            kerio.client.logout().await;
+        });
+    }
+
+    /// Scheduled history syncs until `cancel`: one at once, then every `sync_interval`;
+    /// after a failure the next try comes sooner (`sync_retry`, doubling).
+    pub async fn run_history(&self, cancel: CancellationToken) {
+        let mut failures: u32 = 0;
+        let scheduled = SyncRange::default();
+        loop {
+            tracing::info!(endpoint = %self.client.endpoint(), "Kerio history sync started");
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.sync_history(&scheduled, &|_, _| {}) => r,
+            };
+            let delay = match result {
+                Ok(r) => {
+                    failures = 0;
+                    tracing::info!(
+                        "Kerio history sync: {} fetched / {} new / {} updated / {} skipped in {} ms",
+                        r.fetched,
+                        r.inserted,
+                        r.updated,
+                        r.skipped,
+                        r.ms
+                    );
+                    self.options.sync_interval
+                }
+                Err(e) => {
+                    failures += 1;
+                    let d = (self.options.sync_retry * 2u32.saturating_pow(failures - 1).min(64))
+                        .min(self.options.sync_interval);
+                    tracing::warn!("Kerio history sync failed: {e}");
+                    d
+                }
+            };
+            tracing::info!("Kerio history sync: next run in {} s", delay.as_secs());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Starts the adapter's tasks when configured (KERIO_PBX_HOST or KERIO_API_URL); None when
+/// off, or when its settings are unusable (logged).
 pub fn spawn(
-    _settings: &Arc<Settings>,
-    _db: &Db,
-    _hub: &Hub,
-    _tasks: &mut JoinSet<()>,
-    _cancel: &CancellationToken,
+    settings: &Arc<Settings>,
+    db: &Db,
+    hub: &Hub,
+    tasks: &mut JoinSet<()>,
+    cancel: &CancellationToken,
 ) -> Option<Arc<Kerio>> {
-    None
+    let _configured = client::endpoint_from(&settings.kerio)?;
+    match Kerio::new(settings, db.clone(), Options::from_settings(settings)) {
+        Ok(k) => {
+            let k = Arc::new(k);
+            tracing::info!(endpoint = %k.client.endpoint(), "Kerio Operator adapter on");
+            k.start(hub, tasks, cancel);
+            Some(k)
+        }
+        Err(e) => {
+            tracing::error!("Kerio Operator adapter off: {e}");
+            None
+        }
+    }
 }
 
 /// The adapter's HTTP routes (`/kerio/...`); behind the token middleware.
 pub fn router() -> Router<AppState> {
-    Router::new()
+    http::router()
 }
 
-/// `pbxbridge sync kerio --from --to [--extension]`: one sync, with a progress bar. Returns the exit code.
+/// `pbxbridge sync kerio --from --to [--extension]`: one sync, with a progress bar. Without
+/// `--from`/`--to`/`--extension`, a scheduled-style run from the stored watermark. Returns
+/// the exit code (0 ok, 1 sync failed).
 pub async fn cli_sync(
-    _settings: &Settings,
-    _from: Option<String>,
-    _to: Option<String>,
-    _extension: Option<String>,
+    settings: &Settings,
+    from: Option<String>,
+    to: Option<String>,
+    extension: Option<String>,
 ) -> anyhow::Result<i32> {
-    anyhow::bail!("Kerio sync is not built yet")
+    let range = http::parse_range(
+        from.as_deref(),
+        to.as_deref(),
+        extension.as_deref(),
+        ["--from", "--to"],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = Db::connect_and_migrate(&settings.core.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "database {}",
+                crate::app::redact_url(&settings.core.database_url)
+            )
+        })?;
+    let kerio = Kerio::new(settings, db, Options::from_settings(settings))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} Kerio history [{bar:40}] {pos}/{len} calls ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = kerio.sync_history(&range, &progress).await;
+    bar.finish_and_clear();
+    kerio.client.logout().await;
+    match result {
+        Ok(r) => {
+            println!(
+                "Kerio sync: {} fetched, {} new, {} updated, {} skipped in {} ms",
+                r.fetched, r.inserted, r.updated, r.skipped, r.ms
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("Kerio sync failed: {e}");
+            Ok(1)
+        }
+    }
 }
