@@ -312,9 +312,7 @@ impl Event {
             | StasisStart { channel, .. }
             | StasisEnd { channel, .. }
             | BridgeBlindTransfer { channel, .. } => Some(channel),
-            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => {
-                channel.as_ref()
-            }
+            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => channel.as_ref(),
             Dial { peer, .. } => Some(peer),
             _ => None,
         }
@@ -328,10 +326,8 @@ impl Event {
 pub fn parse(frame: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<Event>(frame) {
         Ok(Event::Unmodelled) => {
-            let raw: serde_json::Value = serde_json::from_str(frame).map_err(|e| ParseError {
-                type_name: None,
-                reason: e.to_string(),
-            })?;
+            let raw: serde_json::Value = serde_json::from_str(frame)
+                .map_err(|e| ParseError { type_name: None, reason: e.to_string() })?;
             let type_name = raw
                 .get("type")
                 .and_then(|t| t.as_str())
@@ -341,13 +337,8 @@ pub fn parse(frame: &str) -> Result<Event, ParseError> {
         }
         Ok(ev) => Ok(ev),
         Err(e) => {
-            let type_name = serde_json::from_str::<TypeOnly>(frame)
-                .ok()
-                .map(|t| t.r#type);
-            Err(ParseError {
-                type_name,
-                reason: e.to_string(),
-            })
+            let type_name = serde_json::from_str::<TypeOnly>(frame).ok().map(|t| t.r#type);
+            Err(ParseError { type_name, reason: e.to_string() })
         }
     }
 }
@@ -373,9 +364,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_kept_raw() {
-        let ev =
-            parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#)
-                .unwrap();
+        let ev = parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#).unwrap();
         match ev {
             Event::Other { type_name, raw } => {
                 assert_eq!(type_name, "FancyNewThing");
@@ -391,8 +380,7 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse(r#"{"no":"type"}"#).is_err());
-        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#)
-            .unwrap_err();
+        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#).unwrap_err();
         assert_eq!(e.type_name.as_deref(), Some("ChannelCreated"));
         assert!(parse(&CREATED[..CREATED.len() / 2]).is_err());
     }
