@@ -1,3 +1,4 @@
 //! Integration tests: one binary (faster to link), one module per area.
 
 mod support;
+mod kavkom;
