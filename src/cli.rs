@@ -111,8 +111,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             replay(&settings, &path, dry_run).await?;
             Ok(0)
         }
-        Command::Sync { target: SyncTarget::Kerio, from, to, extension } => crate::sync::kerio::cli_sync(&settings, from, to, extension).await,
-        Command::Sync { target: SyncTarget::Kavkom, from, to, extension } => crate::sync::kavkom::cli_sync(&settings, from, to, extension).await,
+        Command::Sync {
+            target: SyncTarget::Kerio,
+            from,
+            to,
+            extension,
+        } => crate::sync::kerio::cli_sync(&settings, from, to, extension).await,
+        Command::Sync {
+            target: SyncTarget::Kavkom,
+            from,
+            to,
+            extension,
+        } => crate::sync::kavkom::cli_sync(&settings, from, to, extension).await,
     }
 }
 
@@ -134,7 +144,10 @@ async fn check(settings: &Settings) -> i32 {
     let client = AriClient::new(&settings.ari);
     match client.info().await {
         Ok(info) => {
-            let version = info.pointer("/system/version").and_then(|v| v.as_str()).unwrap_or("?");
+            let version = info
+                .pointer("/system/version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
             println!("ari: ok (Asterisk {version} at {})", client.base());
         }
         Err(e) => {
@@ -151,13 +164,25 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
     let (db, writer_task) = if dry_run {
         (None, None)
     } else {
-        let db = Db::connect_and_migrate(&settings.core.database_url).await.context("database")?;
+        let db = Db::connect_and_migrate(&settings.core.database_url)
+            .await
+            .context("database")?;
         let (handle, rx) = writer::channel();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(writer::run(db.clone(), rx, handle.stats().clone(), cancel.clone()));
+        let task = tokio::spawn(writer::run(
+            db.clone(),
+            rx,
+            handle.stats().clone(),
+            cancel.clone(),
+        ));
         (Some(db), Some((handle, task, cancel)))
     };
-    let mut pipeline = Pipeline::new(Tracker::new(agents), writer_task.as_ref().map(|w| w.0.clone()), None, None);
+    let mut pipeline = Pipeline::new(
+        Tracker::new(agents),
+        writer_task.as_ref().map(|w| w.0.clone()),
+        None,
+        None,
+    );
     let mut finals: Vec<crate::calls::CallRecord> = Vec::new();
     for m in messages {
         for u in pipeline.handle(m) {
@@ -177,7 +202,9 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
     let mut stdout = std::io::stdout().lock();
     for r in &finals {
         let stored = match &db {
-            Some(db) => store::get(db, &r.id.to_string()).await?.unwrap_or_else(|| r.clone()),
+            Some(db) => store::get(db, &r.id.to_string())
+                .await?
+                .unwrap_or_else(|| r.clone()),
             None => r.clone(),
         };
         writeln!(stdout, "{}", stored.to_json(settings.core.ui_locale, now))?;

@@ -312,7 +312,9 @@ impl Event {
             | StasisStart { channel, .. }
             | StasisEnd { channel, .. }
             | BridgeBlindTransfer { channel, .. } => Some(channel),
-            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => channel.as_ref(),
+            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => {
+                channel.as_ref()
+            }
             Dial { peer, .. } => Some(peer),
             _ => None,
         }
@@ -326,8 +328,10 @@ impl Event {
 pub fn parse(frame: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<Event>(frame) {
         Ok(Event::Unmodelled) => {
-            let raw: serde_json::Value = serde_json::from_str(frame)
-                .map_err(|e| ParseError { type_name: None, reason: e.to_string() })?;
+            let raw: serde_json::Value = serde_json::from_str(frame).map_err(|e| ParseError {
+                type_name: None,
+                reason: e.to_string(),
+            })?;
             let type_name = raw
                 .get("type")
                 .and_then(|t| t.as_str())
@@ -337,8 +341,13 @@ pub fn parse(frame: &str) -> Result<Event, ParseError> {
         }
         Ok(ev) => Ok(ev),
         Err(e) => {
-            let type_name = serde_json::from_str::<TypeOnly>(frame).ok().map(|t| t.r#type);
-            Err(ParseError { type_name, reason: e.to_string() })
+            let type_name = serde_json::from_str::<TypeOnly>(frame)
+                .ok()
+                .map(|t| t.r#type);
+            Err(ParseError {
+                type_name,
+                reason: e.to_string(),
+            })
         }
     }
 }
@@ -364,7 +373,9 @@ mod tests {
 
     #[test]
     fn unknown_types_are_kept_raw() {
-        let ev = parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#).unwrap();
+        let ev =
+            parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#)
+                .unwrap();
         match ev {
             Event::Other { type_name, raw } => {
                 assert_eq!(type_name, "FancyNewThing");
@@ -380,8 +391,75 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse(r#"{"no":"type"}"#).is_err());
-        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#).unwrap_err();
+        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#)
+            .unwrap_err();
         assert_eq!(e.type_name.as_deref(), Some("ChannelCreated"));
         assert!(parse(&CREATED[..CREATED.len() / 2]).is_err());
+    }
+
+    mod fuzz {
+        //! Bounded fuzzing of the parser (runs in CI with `cargo test`): arbitrary text,
+        //! and real frames truncated or with bytes flipped, must never panic.
+        use proptest::prelude::*;
+
+        const REAL: &str = include_str!("../../tests/fixtures/captures/blind-transfer/ari.jsonl");
+
+        fn real_frames() -> Vec<&'static str> {
+            REAL.lines().collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_text_never_panics(s in ".{0,400}") {
+                let _ = super::super::parse(&s);
+            }
+
+            #[test]
+            fn truncated_real_frames_never_panic(i in 0usize..157, cut in 0usize..4000) {
+                let frames = real_frames();
+                let f = frames[i % frames.len()];
+                let mut end = cut.min(f.len());
+                while !f.is_char_boundary(end) { end -= 1; }
+                let _ = super::super::parse(&f[..end]);
+            }
+
+            #[test]
+            fn mutated_real_frames_never_panic(i in 0usize..157, pos in 0usize..4000, byte in any::<u8>()) {
+                let frames = real_frames();
+                let mut b = frames[i % frames.len()].as_bytes().to_vec();
+                let p = pos % b.len();
+                b[p] = byte;
+                let s = String::from_utf8_lossy(&b);
+                let _ = super::super::parse(&s);
+            }
+        }
+
+        #[test]
+        fn every_real_frame_parses() {
+            for dir in std::fs::read_dir(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/captures"
+            ))
+            .unwrap()
+            {
+                let dir = dir.unwrap().path();
+                for name in [
+                    "ari.jsonl",
+                    "ari-after-reconnect.jsonl",
+                    "ari-endpoint-app.jsonl",
+                ] {
+                    let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
+                        continue;
+                    };
+                    for line in text.lines() {
+                        let ev = super::super::parse(line)
+                            .unwrap_or_else(|e| panic!("{}: {e}: {line}", dir.display()));
+                        assert!(!matches!(ev, super::super::Event::Unmodelled));
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Portable types: ids are UUID strings, times are `TEXT` in the fixed UTC format
 //! `YYYY-MM-DDTHH:MM:SS.mmmZ` (see [`format_time`]), so that they sort and compare as text;
-//! integers are 64-bit; booleans are `BOOLEAN`.
+//! integers are 64-bit; booleans are `BOOLEAN` in PostgreSQL and `INTEGER` 0/1 in SQLite
+//! (the `Any` driver cannot decode SQLite's BOOLEAN): bind a `bool`, read with [`get_bool`].
 //!
 //! Features keep their own queries in their `store.rs`; this module never reaches up into them.
 
@@ -89,7 +90,11 @@ impl Db {
     /// database cannot be reached.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
-        let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let (backend, url) = match scheme.as_str() {
             "sqlite" => {
                 let mut u = url.to_string();
@@ -158,6 +163,15 @@ impl Db {
     }
 }
 
+/// Reads a boolean column on either backend (`BOOLEAN` in PostgreSQL, `INTEGER` 0/1 in SQLite).
+pub fn get_bool(row: &sqlx::any::AnyRow, column: &'static str) -> Result<bool, DbError> {
+    use sqlx::Row;
+    match row.try_get::<bool, _>(column) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(row.try_get::<i64, _>(column)? != 0),
+    }
+}
+
 /// Formats a time the way it is stored and shown: UTC, ISO 8601, milliseconds,
 /// `Z` suffix (`2026-11-21T16:44:49.441Z`). Fixed width, so text order is time order.
 pub fn format_time(t: &DateTime<Utc>) -> String {
@@ -168,7 +182,10 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
 pub fn parse_time(column: &'static str, s: &str) -> Result<DateTime<Utc>, DbError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| DbError::Decode { column, reason: format!("{s:?}: {e}") })
+        .map_err(|e| DbError::Decode {
+            column,
+            reason: format!("{s:?}: {e}"),
+        })
 }
 
 /// Serde helpers for times in API JSON, in the format of [`format_time`].
@@ -192,14 +209,19 @@ pub mod time_format {
     pub mod option {
         use super::*;
         /// Serializes an optional time.
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&crate::db::format_time(t)),
                 None => s.serialize_none(),
             }
         }
         /// Deserializes an optional RFC 3339 time.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
             s.map(|s| {
                 DateTime::parse_from_rfc3339(&s)

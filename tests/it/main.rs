@@ -1,4 +1,8 @@
 //! Integration tests: one binary (faster to link), one module per area.
 
-mod support;
+mod calls_api;
+mod calls_e2e;
+mod cli;
+mod fake_asterisk;
 mod kavkom;
+mod support;

@@ -30,13 +30,19 @@ pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let db = Db::connect_and_migrate(&url).await.unwrap();
-    TestDb { db, url, backend: "sqlite", _dir: Some(dir) }
+    TestDb {
+        db,
+        url,
+        backend: "sqlite",
+        _dir: Some(dir),
+    }
 }
 
 /// A fresh, migrated PostgreSQL database, or None (skipped) when the server is unreachable
 /// outside CI.
 pub async fn postgres() -> Option<TestDb> {
-    let base = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let admin = match Db::connect(&base).await {
         Ok(db) => db,
         Err(e) => {
@@ -47,22 +53,57 @@ pub async fn postgres() -> Option<TestDb> {
             return None;
         }
     };
+    drop_stale_databases(&admin).await;
     let name = format!(
         "pbx_t_{}_{}_{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
         rand_suffix()
     );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
     admin.close().await;
     let (prefix, _) = base.rsplit_once('/').unwrap();
     let url = format!("{prefix}/{name}");
     let db = Db::connect_and_migrate(&url).await.unwrap();
-    Some(TestDb { db, url, backend: "postgres", _dir: None })
+    Some(TestDb {
+        db,
+        url,
+        backend: "postgres",
+        _dir: None,
+    })
+}
+
+/// Drops test databases left by test processes that are gone (their pid is in the name).
+async fn drop_stale_databases(admin: &Db) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let rows = sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'pbx_t_%'")
+            .fetch_all(admin.pool())
+            .await
+            .unwrap_or_default();
+        for row in rows {
+            let name: String = sqlx::Row::get(&row, "datname");
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(admin.pool())
+                    .await;
+            }
+        }
+    })
+    .await;
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 100_000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000
 }
 
 /// Both backends (PostgreSQL only when reachable, see [`postgres`]).

@@ -1,0 +1,215 @@
+//! HTTP API of call records: authentication, filters, paging, bad parameters, one call by
+//! id, health — on SQLite and PostgreSQL.
+
+use chrono::{Duration, TimeZone, Utc};
+use pbxbridge::calls::{CallRecord, CallState, CallStatus, Direction, Source, store};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{self, TestDb};
+
+const TOKEN: &str = "api-test-token";
+
+fn record(i: i64, direction: Direction, status: CallStatus, ext: &str, from: &str) -> CallRecord {
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap() + Duration::minutes(i * 10);
+    let mut r = CallRecord::new(
+        Source::Asterisk,
+        &format!("1795000000.{i}"),
+        direction,
+        start,
+    );
+    r.from_number = Some(from.into());
+    r.to_number = Some("712345001".into());
+    r.extension = Some(ext.into());
+    r.end_time = Some(start + Duration::seconds(30));
+    r.duration = 30;
+    r.status = Some(status);
+    r.state = if status == CallStatus::Missed {
+        CallState::Missed
+    } else {
+        CallState::Ended
+    };
+    if status == CallStatus::Answered {
+        r.answer_time = Some(start + Duration::seconds(5));
+        r.billsec = 25;
+    }
+    r
+}
+
+async fn start(db: &TestDb) -> (pbxbridge::app::Running, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ari = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let settings = support::settings(&[
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        &ari,
+        "--api-tokens",
+        &format!("other,{TOKEN}"),
+        "--ui-locale",
+        "uz",
+    ]);
+    let running = pbxbridge::app::start(settings).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    (running, base)
+}
+
+async fn get(base: &str, path: &str) -> (StatusCode, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_api_on_both_backends() {
+    for db in support::both().await {
+        let mut recs = Vec::new();
+        for i in 0..12 {
+            let (dir, status, ext, from) = match i % 4 {
+                0 => (
+                    Direction::Inbound,
+                    CallStatus::Answered,
+                    "1001",
+                    "+998901234567",
+                ),
+                1 => (
+                    Direction::Inbound,
+                    CallStatus::Missed,
+                    "1002",
+                    "+998935551122",
+                ),
+                2 => (Direction::Outbound, CallStatus::Busy, "1001", "1001"),
+                _ => (Direction::Internal, CallStatus::Answered, "1002", "1001"),
+            };
+            recs.push(record(i, dir, status, ext, from));
+        }
+        store::upsert_many(&db.db, &recs).await.unwrap();
+        let (running, base) = start(&db).await;
+        let b = db.backend;
+
+        // Authentication.
+        let client = reqwest::Client::new();
+        let r = client.get(format!("{base}/calls")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{b}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let r = client
+            .get(format!("{base}/calls"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client
+            .get(format!("{base}/calls"))
+            .header("Authorization", "Basic eDp5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "health needs no token");
+
+        // Newest first, paging.
+        let (s, all) = get(&base, "/calls").await;
+        assert_eq!(s, 200);
+        assert_eq!(all["total"], 12, "{b}");
+        let items = all["items"].as_array().unwrap();
+        assert_eq!(items.len(), 12);
+        assert_eq!(items[0]["callId"], "1795000000.11");
+        assert_eq!(items[11]["callId"], "1795000000.0");
+        assert_eq!(items[0]["labels"]["state"], "yakunlandi");
+        assert_eq!(items[0]["labels"]["status"], "javob berildi");
+        assert_eq!(items[0]["startTime"], "2026-11-20T09:50:00.000Z");
+        let (_, page) = get(&base, "/calls?limit=5&offset=5").await;
+        assert_eq!(page["total"], 12);
+        let ids: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["callId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "1795000000.6",
+                "1795000000.5",
+                "1795000000.4",
+                "1795000000.3",
+                "1795000000.2"
+            ],
+            "{b}"
+        );
+
+        // Filters.
+        let (_, f) = get(&base, "/calls?direction=inbound&status=missed").await;
+        assert_eq!(f["total"], 3, "{b}");
+        let (_, f) = get(&base, "/calls?extension=1001").await;
+        assert_eq!(f["total"], 6);
+        let (_, f) = get(&base, "/calls?number=%2B998935551122").await;
+        assert_eq!(f["total"], 3);
+        let (_, f) = get(
+            &base,
+            "/calls?from=2026-11-20T09:00:00Z&to=2026-11-20T09:30:00Z",
+        )
+        .await;
+        assert_eq!(f["total"], 3, "{b}");
+        let (_, f) = get(&base, "/calls?from=2026-11-21").await;
+        assert_eq!(f["total"], 0);
+        let (_, f) = get(&base, "/calls?source=kerio").await;
+        assert_eq!(f["total"], 0);
+
+        // Bad parameters name themselves.
+        for (q, field) in [
+            ("limit=0", "limit"),
+            ("limit=501", "limit"),
+            ("limit=abc", "limit"),
+            ("offset=-1", "offset"),
+            ("direction=sideways", "direction"),
+            ("status=great", "status"),
+            ("from=yesterday", "from"),
+            ("to=2026-13-01", "to"),
+            ("from=2026-11-21&to=2026-11-20", "to"),
+        ] {
+            let (s, body) = get(&base, &format!("/calls?{q}")).await;
+            assert_eq!(s, 400, "{q}");
+            assert_eq!(body["error"]["field"], field, "{q}: {body}");
+            assert_eq!(body["error"]["code"], "bad_request");
+        }
+
+        // One call.
+        let id = items[3]["id"].as_str().unwrap().to_string();
+        let (s, one) = get(&base, &format!("/calls/{id}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(one["id"], id.as_str());
+        let (s, _) = get(&base, "/calls/4f3c0b1e-0000-4000-8000-000000000000").await;
+        assert_eq!(s, 404);
+        let (s, body) = get(&base, "/calls/not-a-uuid").await;
+        assert_eq!(s, 400);
+        assert_eq!(body["error"]["field"], "id");
+
+        // Active calls (none) and health.
+        let (s, active) = get(&base, "/calls/active").await;
+        assert_eq!(s, 200);
+        assert_eq!(active["total"], 0);
+        let health: Value = client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["database"]["state"], "up");
+        assert_eq!(health["database"]["backend"], b);
+        running.shutdown().await;
+    }
+}
