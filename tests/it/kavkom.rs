@@ -1291,3 +1291,124 @@ fn kavkom_token_never_logged() {
         "token leaked into logs"
     );
 }
+
+#[tokio::test]
+async fn kavkom_serve_runs_sync_and_poller_and_stops() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    fake.set_cdrs(vec![cdr(
+        "s-1",
+        Utc::now() - chrono::Duration::hours(3),
+        "inbound",
+        "answered",
+    )]);
+    *fake.st.active.lock().unwrap() = vec![
+        json!({"uuid": "live-9", "direction": "outbound", "caller_id_number": "102", "destination_number": "+15550100", "state": "ACTIVE"}),
+    ];
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ari = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let url = fake.url();
+    let settings = support::settings(&[
+        "--database-url",
+        &t.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        &ari,
+        "--api-tokens",
+        "api-t",
+        "--kavkom-api-token",
+        TOKEN,
+        "--kavkom-domain-uuid",
+        DOMAIN,
+        "--kavkom-api-url",
+        &url,
+        "--kavkom-max-rps",
+        "1000",
+        "--kavkom-poll-interval",
+        "1",
+    ]);
+    let running = pbxbridge::app::start(settings).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&t.db).await < 1 || running.hub.active_calls().is_empty() {
+        assert!(Instant::now() < deadline, "sync and poll did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/calls/active", running.addr))
+        .bearer_auth("api-t")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["items"][0]["callId"], "live-9");
+    assert_eq!(body["items"][0]["direction"], "outbound");
+    tokio::time::timeout(Duration::from_secs(10), running.shutdown())
+        .await
+        .expect("tasks stop on cancel");
+}
+
+#[tokio::test]
+async fn kavkom_cli_sync() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    fake.set_cdrs(vec![cdr(
+        "c-1",
+        utc("2025-10-25T07:00:00Z"),
+        "inbound",
+        "answered",
+    )]);
+    let url = fake.url();
+    let base = [
+        "--database-url",
+        &t.url,
+        "--kavkom-api-url",
+        &url,
+        "--kavkom-max-rps",
+        "1000",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        support::settings(&a)
+    };
+    let s = with(&["--kavkom-api-token", TOKEN, "--kavkom-domain-uuid", DOMAIN]);
+    let code = pbxbridge::sync::kavkom::cli_sync(
+        &s,
+        Some("2025-10-25".into()),
+        Some("2025-10-26".into()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(count(&t.db).await, 1);
+    let h = &fake.hits("/cdr/list")[0];
+    assert_eq!(h.query["filter[start_date]"], "2025-10-25 05:00");
+    assert!(
+        pbxbridge::sync::kavkom::cli_sync(&s, Some("last week".into()), None, None)
+            .await
+            .is_err()
+    );
+    let no_domain = with(&["--kavkom-api-token", TOKEN]);
+    assert_eq!(
+        pbxbridge::sync::kavkom::cli_sync(&no_domain, None, None, None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        pbxbridge::sync::kavkom::cli_sync(&with(&[]), None, None, None)
+            .await
+            .unwrap(),
+        2
+    );
+    let bad_token = with(&["--kavkom-api-token", "nope", "--kavkom-domain-uuid", DOMAIN]);
+    assert_eq!(
+        pbxbridge::sync::kavkom::cli_sync(&bad_token, None, None, None)
+            .await
+            .unwrap(),
+        1
+    );
+}
