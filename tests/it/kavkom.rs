@@ -55,6 +55,8 @@ struct Hit {
 struct FakeState {
     cdrs: Mutex<Vec<Value>>,
     newest_first: AtomicBool,
+    max_limit: Mutex<Option<usize>>,
+    ignore_page: Mutex<bool>,
     extra: Mutex<Vec<Value>>,
     hits: Mutex<Vec<Hit>>,
     script: Mutex<VecDeque<Next>>,
@@ -182,11 +184,17 @@ async fn handle(State(st): State<Arc<FakeState>>, headers: HeaderMap, req: Reque
     match path.as_str() {
         "/api/pbx/v1/extension/list" => envelope(json!([{"extension": "101"}])),
         "/api/pbx/v1/cdr/list" => {
-            let page: u32 = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-            let limit: usize = query
+            let mut page: u32 = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+            if *st.ignore_page.lock().unwrap() {
+                page = 1;
+            }
+            let mut limit: usize = query
                 .get("limit")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(15);
+            if let Some(cap) = *st.max_limit.lock().unwrap() {
+                limit = limit.min(cap);
+            }
             if page == 0 {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -560,7 +568,13 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
             .format("%Y-%m-%d %H:%M")
             .to_string();
         assert_eq!(h[0].query["filter[start_date]"], expected);
-        assert_eq!(h.len(), 1, "one short page");
+        assert_eq!(
+            h.iter()
+                .map(|h| h.query["page"].as_str())
+                .collect::<Vec<_>>(),
+            ["1", "2"],
+            "short page 1, then page 2 to rule out a cap"
+        );
         let changed = calls_store::get_by_call_id(&t.db, Source::Kavkom, "u-249")
             .await
             .unwrap()
@@ -728,7 +742,7 @@ async fn kavkom_honours_429_retry_after_and_retries_5xx() {
     let r = sync(&k, SyncRequest::default()).await.unwrap();
     assert_eq!(r.inserted, 1);
     let h = fake.hits("/cdr/list");
-    assert_eq!(h.len(), 4);
+    assert_eq!(h.len(), 5, "429, 500, 503, page 1, page 2");
     assert!(
         h[1].at - h[0].at >= Duration::from_millis(950),
         "Retry-After: 1 honoured ({:?})",
@@ -1411,4 +1425,77 @@ async fn kavkom_cli_sync() {
             .unwrap(),
         1
     );
+}
+
+#[tokio::test]
+async fn kavkom_copes_with_a_smaller_page_cap() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    *fake.st.max_limit.lock().unwrap() = Some(15);
+    let base = Utc::now() - chrono::Duration::hours(5);
+    fake.set_cdrs(
+        (0..40)
+            .map(|i| {
+                cdr(
+                    &format!("p-{i:02}"),
+                    base + chrono::Duration::minutes(i),
+                    "inbound",
+                    "missed",
+                )
+            })
+            .collect(),
+    );
+    let k = adapter_with(
+        &fake.url(),
+        &t.db,
+        Hub::default(),
+        Some(DOMAIN),
+        TOKEN,
+        "1000",
+        SyncOptions {
+            chunk: chrono::Duration::days(30),
+            ..SyncOptions::default()
+        },
+    );
+    let r = sync(&k, SyncRequest::default()).await.unwrap();
+    assert_eq!((r.fetched, r.inserted), (40, 40));
+    let pages: Vec<String> = fake
+        .hits("/cdr/list")
+        .iter()
+        .map(|h| h.query["page"].clone())
+        .collect();
+    assert_eq!(pages, ["1", "2", "3"]);
+
+    // An API that ignores `page` (same rows every time) cannot loop the sync.
+    let t2 = support::sqlite().await;
+    *fake.st.max_limit.lock().unwrap() = None;
+    fake.set_cdrs(
+        (0..100)
+            .map(|i| {
+                cdr(
+                    &format!("q-{i:03}"),
+                    base + chrono::Duration::seconds(i),
+                    "inbound",
+                    "missed",
+                )
+            })
+            .collect(),
+    );
+    *fake.st.ignore_page.lock().unwrap() = true;
+    fake.st.hits.lock().unwrap().clear();
+    let k2 = adapter_with(
+        &fake.url(),
+        &t2.db,
+        Hub::default(),
+        Some(DOMAIN),
+        TOKEN,
+        "1000",
+        SyncOptions {
+            chunk: chrono::Duration::days(30),
+            ..SyncOptions::default()
+        },
+    );
+    let r = sync(&k2, SyncRequest::default()).await.unwrap();
+    assert_eq!(r.inserted, 100);
+    assert_eq!(fake.hits("/cdr/list").len(), 2);
 }

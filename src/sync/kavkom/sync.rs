@@ -5,7 +5,10 @@
 //! at the last sync, whose CDR appears only at hang-up, are fetched), to now; a first sync
 //! looks back 7 days; a manual sync gives both ends. The range is cut into chunks of one day,
 //! each read in 1-based pages of 100 (`filter[start_date]`/`filter[end_date]` as
-//! `yyyy-mm-dd HH:mm` local time of `KAVKOM_TIMEZONE`) until a page has fewer rows.
+//! `yyyy-mm-dd HH:mm` local time of `KAVKOM_TIMEZONE`) until a page has fewer rows. When
+//! page 1 is short but not empty, page 2 is asked once: if it has new rows, Kavkom caps
+//! the page size and paging goes on with that size. A page that only repeats rows already
+//! seen ends the chunk (an API ignoring `page` cannot loop the sync).
 //!
 //! Each page is written in one transaction; only then the watermark may move: after each
 //! page when Kavkom lists the calls oldest first (so every older call is committed), else
@@ -153,10 +156,26 @@ pub async fn run(
         }
         let mut order = Order::default();
         let mut newest: Option<DateTime<Utc>> = None;
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut page_size = PAGE_SIZE as usize;
+        let mut probing = false;
         for page in 1..=MAX_PAGES {
             let items = k.client.cdr_page(page, PAGE_SIZE, &filters).await?;
             let n = items.len();
             p.pages += 1;
+            let fresh = items.iter().filter(|i| seen.insert(item_hash(i))).count();
+            if page > 1 && n > 0 && fresh == 0 {
+                tracing::warn!(
+                    "Kavkom sync: page {page} repeats earlier rows (does the API ignore `page`?); range done"
+                );
+                break;
+            }
+            if probing && n > 0 {
+                tracing::info!(
+                    "Kavkom gives at most {page_size} rows a page (asked {PAGE_SIZE}); paging on with that size"
+                );
+            }
+            probing = false;
             p.report.fetched += n as u64;
             let records = map_page(k, &items, &mut p.report, &mut logged);
             for r in &records {
@@ -168,13 +187,17 @@ pub async fn run(
                 mark = advance(k, mark, newest).await?;
             }
             progress(&p);
-            if n < PAGE_SIZE as usize {
+            if n < page_size {
+                if page == 1 && n > 0 {
+                    // Fewer rows than asked: all there is, or Kavkom caps the page size. Page 2 tells.
+                    page_size = n;
+                    probing = true;
+                    continue;
+                }
                 break;
             }
             if page == MAX_PAGES {
-                tracing::warn!(
-                    "Kavkom sync: stopped after {MAX_PAGES} full pages in one chunk; does the API ignore `page`?"
-                );
+                tracing::warn!("Kavkom sync: stopped after {MAX_PAGES} full pages in one range");
             }
         }
         if track {
@@ -195,6 +218,13 @@ pub async fn run(
         p.pages
     );
     Ok(p.report)
+}
+
+fn item_hash(item: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    item.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// `[from, to]` cut into pieces of at most `chunk` (one piece when `chunk` is not positive).
