@@ -317,6 +317,9 @@ pub async fn cli_sync(
         to: time("--to", to)?,
         extension,
     };
+    if let (Some(a), Some(b)) = (req.from, req.to) {
+        anyhow::ensure!(a <= b, "--to must not be before --from");
+    }
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
         .with_context(|| {
