@@ -47,6 +47,25 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+impl AppState {
+    /// A state with no ARI connection yet, no counters, no adapters and no writer: fill in
+    /// what a caller has with struct update syntax (`AppState { kavkom, ..AppState::new(..) }`).
+    pub fn new(db: Db, settings: Arc<Settings>, hub: Hub) -> Self {
+        AppState {
+            db,
+            settings,
+            hub,
+            ari_state: watch::channel(AriState::Connecting).1,
+            ingest_stats: Arc::default(),
+            writer_stats: None,
+            kerio: None,
+            kavkom: None,
+            login_limiter: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
+
 /// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
 /// 1 MiB body limit and request tracing.
 pub fn router(state: AppState) -> Router {

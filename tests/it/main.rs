@@ -4,6 +4,7 @@ mod calls_api;
 mod calls_e2e;
 mod cli;
 mod fake_asterisk;
+mod kavkom;
 mod kerio;
 mod live;
 mod support;

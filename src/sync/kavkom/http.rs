@@ -1,0 +1,208 @@
+//! HTTP routes of the Kavkom adapter (behind the token middleware):
+//! - `GET /kavkom/auth/verify`: checks token and domain with Kavkom → `{"ok": true, "domainUuid"}`.
+//! - `POST /kavkom/sync?startDate&endDate&extension` (admin): one sync now → the
+//!   [`SyncReport`](crate::sync::SyncReport) as JSON; 409 when a sync is already running.
+//! - `GET /kavkom/calls/{callId}/recording`: the recording of a Kavkom call (`callId` is the
+//!   CDR uuid, or the call record's id), fetched on demand and cached, `Range` supported.
+//! - `POST /kavkom/calls` `{"extension", "number"}` (admin): click-to-call.
+//!
+//! Without `KAVKOM_API_TOKEN` every route answers 503; without `KAVKOM_DOMAIN_UUID`, 503
+//! saying where to find it. Kavkom's own failures are 502 with the reason (never the token).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::Request;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Kavkom;
+use super::client::KavkomError;
+use super::sync::SyncRequest;
+use crate::calls::Source;
+use crate::http::AppState;
+use crate::http::auth::Principal;
+use crate::http::calls::parse_time_param;
+use crate::http::error::ApiError;
+
+/// The routes (see the module doc).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/kavkom/auth/verify", get(verify))
+        .route("/kavkom/sync", post(sync))
+        .route("/kavkom/calls", post(click_to_call))
+        .route("/kavkom/calls/{call_id}/recording", get(recording))
+}
+
+impl From<KavkomError> for ApiError {
+    fn from(e: KavkomError) -> Self {
+        match e {
+            KavkomError::MissingDomain | KavkomError::BadSetting { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
+            KavkomError::RateLimited { .. } => ApiError::Unavailable(e.to_string()),
+            KavkomError::NotFound { .. } => ApiError::NotFound("Kavkom resource".into()),
+            KavkomError::Db(d) => ApiError::Db(d),
+            KavkomError::Io(io) => ApiError::Internal(format!("recording cache: {io}")),
+            other => ApiError::Upstream(other.to_string()),
+        }
+    }
+}
+
+fn adapter(state: &AppState) -> Result<&Arc<Kavkom>, ApiError> {
+    state.kavkom.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("Kavkom is off: set KAVKOM_API_TOKEN and KAVKOM_DOMAIN_UUID".into())
+    })
+}
+
+async fn verify(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let k = adapter(&state)?;
+    k.client.verify().await?;
+    Ok(Json(
+        json!({ "ok": true, "domainUuid": k.client.domain()?, "apiUrl": k.client.base() }),
+    ))
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let k = adapter(&state)?;
+    let from = q
+        .get("startDate")
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_time_param("startDate", v))
+        .transpose()?;
+    let to = q
+        .get("endDate")
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_time_param("endDate", v))
+        .transpose()?;
+    if let (Some(a), Some(b)) = (from, to) {
+        if a > b {
+            return Err(ApiError::bad_param(
+                "endDate",
+                "endDate must not be before startDate",
+            ));
+        }
+    }
+    let extension = q
+        .get("extension")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let req = SyncRequest {
+        from,
+        to,
+        extension,
+    };
+    let report = k.try_sync(&req).await?.ok_or_else(|| ApiError::Conflict {
+        field: None,
+        message: "a Kavkom sync is already running".into(),
+    })?;
+    Ok(Json(json!({ "ok": true, "report": report })))
+}
+
+/// Body of `POST /kavkom/calls`.
+#[derive(Debug, Deserialize)]
+struct CallBody {
+    extension: Option<Value>,
+    number: Option<Value>,
+}
+
+fn field(v: &Option<Value>, name: &str) -> Result<String, ApiError> {
+    let s = match v {
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(name, format!("{name} is required")));
+        }
+        Some(_) => return Err(ApiError::invalid(name, format!("{name} must be a string"))),
+    };
+    let clean: String = s
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+        .collect();
+    let ok = !clean.is_empty()
+        && clean.len() <= 32
+        && clean
+            .char_indices()
+            .all(|(i, c)| c.is_ascii_digit() || matches!(c, '*' | '#') || (c == '+' && i == 0));
+    if !ok {
+        return Err(ApiError::invalid(
+            name,
+            format!(
+                "{name} must be a phone number or extension (digits, leading +, * or #), got {s:?}"
+            ),
+        ));
+    }
+    Ok(clean)
+}
+
+async fn click_to_call(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Result<Json<CallBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_param(
+            "body",
+            format!(
+                "expected JSON {{\"extension\", \"number\"}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let extension = field(&body.extension, "extension")?;
+    let number = field(&body.number, "number")?;
+    let k = adapter(&state)?;
+    let message = k.client.click_to_call(&extension, &number).await?;
+    tracing::info!(%extension, %number, by = %principal.name, "Kavkom click-to-call placed");
+    Ok(Json(
+        json!({ "ok": true, "message": message, "extension": extension, "number": number }),
+    ))
+}
+
+async fn recording(
+    State(state): State<AppState>,
+    Path(call_id): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let k = adapter(&state)?;
+    let call_id = call_id.trim().to_string();
+    if call_id.is_empty() || call_id.len() > 200 {
+        return Err(ApiError::bad_param(
+            "callId",
+            "callId must be a Kavkom CDR uuid",
+        ));
+    }
+    // The record's own id works too.
+    let mut cdr_id = call_id.clone();
+    if crate::calls::store::get_by_call_id(&state.db, Source::Kavkom, &call_id)
+        .await?
+        .is_none()
+        && uuid::Uuid::parse_str(&call_id).is_ok()
+    {
+        if let Some(r) = crate::calls::store::get(&state.db, &call_id).await? {
+            if r.source != Source::Kavkom {
+                return Err(ApiError::NotFound(format!("Kavkom call {call_id}")));
+            }
+            cdr_id = r.call_id;
+        }
+    }
+    let (path, content_type) = k.recording(&cdr_id).await.map_err(|e| match e {
+        KavkomError::NotFound { .. } => {
+            ApiError::NotFound(format!("recording of Kavkom call {call_id}"))
+        }
+        other => other.into(),
+    })?;
+    Ok(crate::sync::recording::serve(&path, content_type, req).await)
+}
