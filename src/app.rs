@@ -62,14 +62,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Call writer.
     let (writer_handle, writer_rx) = writer::channel();
     let writer_stats = writer_handle.stats().clone();
-    tasks.spawn(writer::run(db.clone(), writer_rx, writer_stats.clone(), cancel.clone()));
+    tasks.spawn(writer::run(
+        db.clone(),
+        writer_rx,
+        writer_stats.clone(),
+        cancel.clone(),
+    ));
 
     // Tracker, with the calls that were live when the daemon last stopped.
     let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
     let mut tracker = Tracker::new(agents);
     let open = store::open_calls(&db, Source::Asterisk).await?;
     if !open.is_empty() {
-        tracing::info!(calls = open.len(), "picking up calls that were live at the last stop");
+        tracing::info!(
+            calls = open.len(),
+            "picking up calls that were live at the last stop"
+        );
     }
     tracker.restore(open);
 
@@ -78,7 +86,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let (ari_tx, ari_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(AriState::Connecting);
     let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
-    let pipeline = Pipeline::new(tracker, Some(writer_handle), Some(hub.clone()), Some(stasis_tx));
+    let pipeline = Pipeline::new(
+        tracker,
+        Some(writer_handle),
+        Some(hub.clone()),
+        Some(stasis_tx),
+    );
     let ingest_stats = pipeline.stats();
     tasks.spawn(stasis::run(client.clone(), stasis_rx, cancel.clone()));
     tasks.spawn(ingest::run(pipeline, ari_rx, cancel.clone()));
@@ -108,12 +121,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = http::router(state);
     let stop = cancel.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!("HTTP server failed: {e}");
         }
     });
-    Ok(Running { addr, cancel, tasks, hub, db })
+    Ok(Running {
+        addr,
+        cancel,
+        tasks,
+        hub,
+        db,
+    })
 }
 
 /// Runs the daemon until Ctrl-C or SIGTERM.
@@ -130,7 +151,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

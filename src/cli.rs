@@ -34,7 +34,7 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Try the database and ARI; print ok/failed per component (exit 0 when all are ok, else 1).
+    /// Try the database, ARI and (when AMI_USERNAME is set) AMI; print ok/failed per component (exit 0 when all are ok, else 1).
     Check,
     /// Record the live ARI event stream to JSON lines (Ctrl-C to stop).
     Capture {
@@ -111,8 +111,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             replay(&settings, &path, dry_run).await?;
             Ok(0)
         }
-        Command::Sync { target: SyncTarget::Kerio, from, to, extension } => crate::sync::kerio::cli_sync(&settings, from, to, extension).await,
-        Command::Sync { target: SyncTarget::Kavkom, from, to, extension } => crate::sync::kavkom::cli_sync(&settings, from, to, extension).await,
+        Command::Sync {
+            target: SyncTarget::Kerio,
+            from,
+            to,
+            extension,
+        } => crate::sync::kerio::cli_sync(&settings, from, to, extension).await,
+        Command::Sync {
+            target: SyncTarget::Kavkom,
+            from,
+            to,
+            extension,
+        } => crate::sync::kavkom::cli_sync(&settings, from, to, extension).await,
     }
 }
 
@@ -134,13 +144,31 @@ async fn check(settings: &Settings) -> i32 {
     let client = AriClient::new(&settings.ari);
     match client.info().await {
         Ok(info) => {
-            let version = info.pointer("/system/version").and_then(|v| v.as_str()).unwrap_or("?");
+            let version = info
+                .pointer("/system/version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
             println!("ari: ok (Asterisk {version} at {})", client.base());
         }
         Err(e) => {
             ok = false;
             println!("ari: failed: {e}");
         }
+    }
+    if let Some(cfg) = crate::ami::AmiConfig::from_settings(&settings.ami) {
+        let addr = cfg.addr();
+        let cancel = CancellationToken::new();
+        let (client, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
+        let task = tokio::spawn(task);
+        match client.asterisk_version().await {
+            Ok(version) => println!("ami: ok (Asterisk {version} at {addr})"),
+            Err(e) => {
+                ok = false;
+                println!("ami: failed: {e}");
+            }
+        }
+        cancel.cancel();
+        let _ = task.await;
     }
     if ok { 0 } else { 1 }
 }
@@ -151,13 +179,25 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
     let (db, writer_task) = if dry_run {
         (None, None)
     } else {
-        let db = Db::connect_and_migrate(&settings.core.database_url).await.context("database")?;
+        let db = Db::connect_and_migrate(&settings.core.database_url)
+            .await
+            .context("database")?;
         let (handle, rx) = writer::channel();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(writer::run(db.clone(), rx, handle.stats().clone(), cancel.clone()));
+        let task = tokio::spawn(writer::run(
+            db.clone(),
+            rx,
+            handle.stats().clone(),
+            cancel.clone(),
+        ));
         (Some(db), Some((handle, task, cancel)))
     };
-    let mut pipeline = Pipeline::new(Tracker::new(agents), writer_task.as_ref().map(|w| w.0.clone()), None, None);
+    let mut pipeline = Pipeline::new(
+        Tracker::new(agents),
+        writer_task.as_ref().map(|w| w.0.clone()),
+        None,
+        None,
+    );
     let mut finals: Vec<crate::calls::CallRecord> = Vec::new();
     for m in messages {
         for u in pipeline.handle(m) {
@@ -177,7 +217,9 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
     let mut stdout = std::io::stdout().lock();
     for r in &finals {
         let stored = match &db {
-            Some(db) => store::get(db, &r.id.to_string()).await?.unwrap_or_else(|| r.clone()),
+            Some(db) => store::get(db, &r.id.to_string())
+                .await?
+                .unwrap_or_else(|| r.clone()),
             None => r.clone(),
         };
         writeln!(stdout, "{}", stored.to_json(settings.core.ui_locale, now))?;

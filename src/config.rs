@@ -140,19 +140,48 @@ pub struct Settings {
 #[command(next_help_heading = "Core")]
 pub struct CoreSettings {
     /// Database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST:PORT/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://pbxbridge.db", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://pbxbridge.db",
+        global = true
+    )]
     pub database_url: String,
     /// Address the HTTP API listens on.
-    #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:4000", global = true)]
+    #[arg(
+        long,
+        env = "HTTP_LISTEN",
+        default_value = "127.0.0.1:4000",
+        global = true
+    )]
     pub http_listen: SocketAddr,
     /// Comma-separated bearer tokens accepted by every API route but /health.
-    #[arg(long, env = "API_TOKENS", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    #[arg(
+        long,
+        env = "API_TOKENS",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
     pub api_tokens: SecretList,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Language of the `labels` object in call JSON.
-    #[arg(long, env = "UI_LOCALE", value_enum, default_value = "uz", global = true)]
+    #[arg(
+        long,
+        env = "UI_LOCALE",
+        value_enum,
+        default_value = "uz",
+        global = true
+    )]
     pub ui_locale: Locale,
     /// Regular expression an endpoint name must match to count as an agent extension
     /// (besides the extensions in the database).
@@ -168,13 +197,25 @@ pub struct CoreSettings {
 #[command(next_help_heading = "ARI")]
 pub struct AriSettings {
     /// Base URL of Asterisk's HTTP server (the `/ari` prefix is added).
-    #[arg(long, env = "ARI_URL", default_value = "http://127.0.0.1:8088", global = true)]
+    #[arg(
+        long,
+        env = "ARI_URL",
+        default_value = "http://127.0.0.1:8088",
+        global = true
+    )]
     pub ari_url: String,
     /// ARI user (ari.conf).
     #[arg(long, env = "ARI_USERNAME", default_value = "pbxbridge", global = true)]
     pub ari_username: String,
     /// ARI password (ari.conf).
-    #[arg(long, env = "ARI_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    #[arg(
+        long,
+        env = "ARI_PASSWORD",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
     pub ari_password: Secret,
     /// Stasis application name used by the dialplan's `Stasis(APP,...)`.
     #[arg(long, env = "ARI_APP", default_value = "callcenter", global = true)]
@@ -195,7 +236,14 @@ pub struct AmiSettings {
     #[arg(long, env = "AMI_USERNAME", global = true)]
     pub ami_username: Option<String>,
     /// AMI secret (manager.conf).
-    #[arg(long, env = "AMI_SECRET", default_value = "", hide_env_values = true, hide_default_value = true, global = true)]
+    #[arg(
+        long,
+        env = "AMI_SECRET",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
     pub ami_secret: Secret,
 }
 
@@ -204,19 +252,35 @@ pub struct AmiSettings {
 #[command(next_help_heading = "PJSIP provisioning")]
 pub struct PjsipSettings {
     /// The generated include file.
-    #[arg(long, env = "PJSIP_INCLUDE_PATH", default_value = "asterisk-conf/generated/pjsip_extensions.conf", global = true)]
+    #[arg(
+        long,
+        env = "PJSIP_INCLUDE_PATH",
+        default_value = "asterisk-conf/generated/pjsip_extensions.conf",
+        global = true
+    )]
     pub pjsip_include_path: PathBuf,
     /// Digest realm written into each auth section.
     #[arg(long, env = "PJSIP_REALM", default_value = "asterisk", global = true)]
     pub pjsip_realm: String,
     /// Comma-separated transports configured in pjsip.conf that extensions may use.
-    #[arg(long, env = "PJSIP_TRANSPORTS", default_value = "transport-udp", global = true)]
+    #[arg(
+        long,
+        env = "PJSIP_TRANSPORTS",
+        default_value = "transport-udp",
+        global = true
+    )]
     pub pjsip_transports: List,
     /// `user:group` that should own the generated file (optional).
     #[arg(long, env = "PJSIP_FILE_OWNER", global = true)]
     pub pjsip_file_owner: Option<String>,
     /// How to reload res_pjsip after a change.
-    #[arg(long, env = "RELOAD_VIA", value_enum, default_value = "ari", global = true)]
+    #[arg(
+        long,
+        env = "RELOAD_VIA",
+        value_enum,
+        default_value = "ari",
+        global = true
+    )]
     pub reload_via: ReloadVia,
 }
 
@@ -249,7 +313,12 @@ pub struct KerioSettings {
     #[arg(long, env = "KERIO_API_USERNAME", global = true)]
     pub kerio_api_username: Option<String>,
     /// Kerio admin API password.
-    #[arg(long, env = "KERIO_API_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KERIO_API_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub kerio_api_password: Option<Secret>,
     /// Minutes between call-history syncs.
     #[arg(long, env = "KERIO_SYNC_INTERVAL", default_value_t = 5, global = true)]
@@ -258,7 +327,12 @@ pub struct KerioSettings {
     #[arg(long, env = "KERIO_POLL_INTERVAL", default_value_t = 2, global = true)]
     pub kerio_poll_interval: u64,
     /// Accept any TLS certificate from the appliance (self-signed).
-    #[arg(long, env = "KERIO_TLS_INSECURE", default_value_t = false, global = true)]
+    #[arg(
+        long,
+        env = "KERIO_TLS_INSECURE",
+        default_value_t = false,
+        global = true
+    )]
     pub kerio_tls_insecure: bool,
     /// PEM file with the CA that signed the appliance's certificate.
     #[arg(long, env = "KERIO_CA_FILE", global = true)]
@@ -276,7 +350,12 @@ pub struct KavkomSettings {
     #[arg(long, env = "KAVKOM_DOMAIN_UUID", global = true)]
     pub kavkom_domain_uuid: Option<String>,
     /// Kavkom API base URL.
-    #[arg(long, env = "KAVKOM_API_URL", default_value = "https://api.kavkom.com", global = true)]
+    #[arg(
+        long,
+        env = "KAVKOM_API_URL",
+        default_value = "https://api.kavkom.com",
+        global = true
+    )]
     pub kavkom_api_url: String,
     /// Minutes between call-history syncs.
     #[arg(long, env = "KAVKOM_SYNC_INTERVAL", default_value_t = 5, global = true)]
@@ -285,7 +364,12 @@ pub struct KavkomSettings {
     #[arg(long, env = "KAVKOM_POLL_INTERVAL", default_value_t = 5, global = true)]
     pub kavkom_poll_interval: u64,
     /// IANA time zone of the Kavkom account (CDR times are local).
-    #[arg(long, env = "KAVKOM_TIMEZONE", default_value = "Asia/Tashkent", global = true)]
+    #[arg(
+        long,
+        env = "KAVKOM_TIMEZONE",
+        default_value = "Asia/Tashkent",
+        global = true
+    )]
     pub kavkom_timezone: String,
     /// At most this many Kavkom requests a second.
     #[arg(long, env = "KAVKOM_MAX_RPS", default_value_t = 1.0, global = true)]

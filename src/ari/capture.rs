@@ -40,12 +40,18 @@ pub enum CaptureError {
 }
 
 fn read(path: &Path) -> Result<String, CaptureError> {
-    std::fs::read_to_string(path).map_err(|source| CaptureError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| CaptureError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn frames(text: &str, out: &mut Vec<AriMessage>) {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        out.push(AriMessage::Frame { text: line.to_string(), received_at: Utc::now() });
+        out.push(AriMessage::Frame {
+            text: line.to_string(),
+            received_at: Utc::now(),
+        });
     }
 }
 
@@ -61,7 +67,11 @@ pub fn load(path: &Path) -> Result<Vec<AriMessage>, CaptureError> {
             let (channels, bridges) = load_rest(&rest)?;
             out.push(AriMessage::Disconnected);
             out.push(AriMessage::Connected);
-            out.push(AriMessage::Resync { channels, bridges, at: Utc::now() });
+            out.push(AriMessage::Resync {
+                channels,
+                bridges,
+                at: Utc::now(),
+            });
             let after = path.join("ari-after-reconnect.jsonl");
             if after.exists() {
                 frames(&read(&after)?, &mut out);
@@ -76,7 +86,10 @@ pub fn load(path: &Path) -> Result<Vec<AriMessage>, CaptureError> {
 /// Reads a REST snapshot file (`{"GET /ari/channels": [...], "GET /ari/bridges": [...]}`).
 pub fn load_rest(path: &Path) -> Result<(Vec<Channel>, Vec<Bridge>), CaptureError> {
     let text = read(path)?;
-    let fmt = |reason: String| CaptureError::Format { path: path.display().to_string(), reason };
+    let fmt = |reason: String| CaptureError::Format {
+        path: path.display().to_string(),
+        reason,
+    };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| fmt(e.to_string()))?;
     let channels = serde_json::from_value(v.get("GET /ari/channels").cloned().unwrap_or_default())
         .map_err(|e| fmt(format!("GET /ari/channels: {e}")))?;
@@ -87,7 +100,12 @@ pub fn load_rest(path: &Path) -> Result<(Vec<Channel>, Vec<Bridge>), CaptureErro
 
 /// Records the live event stream of application `app` (subscribed to all) into `out`, one
 /// frame per line, until `cancel`; returns the number of frames written.
-pub async fn record(client: &AriClient, app: &str, out: &Path, cancel: CancellationToken) -> anyhow::Result<u64> {
+pub async fn record(
+    client: &AriClient,
+    app: &str,
+    out: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<u64> {
     let mut ws = stream::connect(client, app).await?;
     let mut file = tokio::fs::File::create(out).await?;
     tracing::info!(app, out = %out.display(), "capturing ARI events (Ctrl-C to stop)");

@@ -76,7 +76,11 @@ impl AriClient {
             .expect("HTTP client builds");
         AriClient {
             http,
-            base: settings.ari_url.trim_end_matches('/').trim_end_matches("/ari").to_string(),
+            base: settings
+                .ari_url
+                .trim_end_matches('/')
+                .trim_end_matches("/ari")
+                .to_string(),
             username: settings.ari_username.clone(),
             password: settings.ari_password.clone(),
             app: settings.ari_app.clone(),
@@ -98,7 +102,12 @@ impl AriClient {
         (&self.username, self.password.expose())
     }
 
-    async fn send(&self, method: Method, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response, AriError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, AriError> {
         let url = format!("{}/ari{}", self.base, path);
         let resp = self
             .http
@@ -107,26 +116,40 @@ impl AriClient {
             .query(query)
             .send()
             .await
-            .map_err(|e| AriError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+            .map_err(|e| AriError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::UNAUTHORIZED => Err(AriError::Unauthorized),
-            StatusCode::NOT_FOUND => Err(AriError::NotFound { method: method.to_string(), path: path.to_string() }),
+            StatusCode::NOT_FOUND => Err(AriError::NotFound {
+                method: method.to_string(),
+                path: path.to_string(),
+            }),
             s => {
                 let mut body = resp.text().await.unwrap_or_default();
                 body.truncate(200);
-                Err(AriError::Status { method: method.to_string(), path: path.to_string(), status: s.as_u16(), body })
+                Err(AriError::Status {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status: s.as_u16(),
+                    body,
+                })
             }
         }
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, AriError> {
         let resp = self.send(Method::GET, path, &[]).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })?;
-        serde_json::from_slice(&bytes).map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })
+        let bytes = resp.bytes().await.map_err(|e| AriError::BadReply {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| AriError::BadReply {
+            path: path.into(),
+            reason: e.to_string(),
+        })
     }
 
     /// `GET /ari/asterisk/info`: Asterisk's build and system info (raw JSON).
@@ -151,33 +174,55 @@ impl AriClient {
 
     /// `GET /ari/endpoints/{tech}/{resource}`: one endpoint ([`AriError::NotFound`] if Asterisk does not know it).
     pub async fn endpoint(&self, tech: &str, resource: &str) -> Result<Endpoint, AriError> {
-        self.get_json(&format!("/endpoints/{tech}/{resource}")).await
+        self.get_json(&format!("/endpoints/{tech}/{resource}"))
+            .await
     }
 
     /// `POST /ari/channels/{id}/continue`: hands a channel held in Stasis back to the dialplan,
     /// at its next priority.
     pub async fn continue_in_dialplan(&self, channel_id: &str) -> Result<(), AriError> {
-        self.send(Method::POST, &format!("/channels/{channel_id}/continue"), &[]).await?;
+        self.send(
+            Method::POST,
+            &format!("/channels/{channel_id}/continue"),
+            &[],
+        )
+        .await?;
         Ok(())
     }
 
     /// `PUT /ari/asterisk/modules/{module}`: reloads one module (e.g. `res_pjsip.so`).
     pub async fn reload_module(&self, module: &str) -> Result<(), AriError> {
-        self.send(Method::PUT, &format!("/asterisk/modules/{module}"), &[]).await?;
+        self.send(Method::PUT, &format!("/asterisk/modules/{module}"), &[])
+            .await?;
         Ok(())
     }
 
     /// `POST /ari/channels`: originates a call (click-to-call): rings `endpoint` (e.g.
     /// `PJSIP/1001`), then sends it to `extension@context`, showing `caller_id`.
-    pub async fn originate(&self, endpoint: &str, extension: &str, context: &str, caller_id: &str) -> Result<Channel, AriError> {
+    pub async fn originate(
+        &self,
+        endpoint: &str,
+        extension: &str,
+        context: &str,
+        caller_id: &str,
+    ) -> Result<Channel, AriError> {
         let path = "/channels";
         let resp = self
             .send(
                 Method::POST,
                 path,
-                &[("endpoint", endpoint), ("extension", extension), ("context", context), ("priority", "1"), ("callerId", caller_id)],
+                &[
+                    ("endpoint", endpoint),
+                    ("extension", extension),
+                    ("context", context),
+                    ("priority", "1"),
+                    ("callerId", caller_id),
+                ],
             )
             .await?;
-        resp.json().await.map_err(|e| AriError::BadReply { path: path.into(), reason: e.to_string() })
+        resp.json().await.map_err(|e| AriError::BadReply {
+            path: path.into(),
+            reason: e.to_string(),
+        })
     }
 }

@@ -312,7 +312,9 @@ impl Event {
             | StasisStart { channel, .. }
             | StasisEnd { channel, .. }
             | BridgeBlindTransfer { channel, .. } => Some(channel),
-            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => channel.as_ref(),
+            ChannelVarset { channel, .. } | ChannelEnteredBridge { channel, .. } => {
+                channel.as_ref()
+            }
             Dial { peer, .. } => Some(peer),
             _ => None,
         }
@@ -326,8 +328,10 @@ impl Event {
 pub fn parse(frame: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<Event>(frame) {
         Ok(Event::Unmodelled) => {
-            let raw: serde_json::Value = serde_json::from_str(frame)
-                .map_err(|e| ParseError { type_name: None, reason: e.to_string() })?;
+            let raw: serde_json::Value = serde_json::from_str(frame).map_err(|e| ParseError {
+                type_name: None,
+                reason: e.to_string(),
+            })?;
             let type_name = raw
                 .get("type")
                 .and_then(|t| t.as_str())
@@ -337,8 +341,13 @@ pub fn parse(frame: &str) -> Result<Event, ParseError> {
         }
         Ok(ev) => Ok(ev),
         Err(e) => {
-            let type_name = serde_json::from_str::<TypeOnly>(frame).ok().map(|t| t.r#type);
-            Err(ParseError { type_name, reason: e.to_string() })
+            let type_name = serde_json::from_str::<TypeOnly>(frame)
+                .ok()
+                .map(|t| t.r#type);
+            Err(ParseError {
+                type_name,
+                reason: e.to_string(),
+            })
         }
     }
 }
@@ -364,7 +373,9 @@ mod tests {
 
     #[test]
     fn unknown_types_are_kept_raw() {
-        let ev = parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#).unwrap();
+        let ev =
+            parse(r#"{"type":"FancyNewThing","timestamp":"2026-11-21T16:44:49.441+0000","x":1}"#)
+                .unwrap();
         match ev {
             Event::Other { type_name, raw } => {
                 assert_eq!(type_name, "FancyNewThing");
@@ -380,7 +391,8 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse(r#"{"no":"type"}"#).is_err());
-        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#).unwrap_err();
+        let e = parse(r#"{"type":"ChannelCreated","timestamp":"2026-11-21T16:44:49.441+0000"}"#)
+            .unwrap_err();
         assert_eq!(e.type_name.as_deref(), Some("ChannelCreated"));
         assert!(parse(&CREATED[..CREATED.len() / 2]).is_err());
     }

@@ -115,7 +115,13 @@ pub fn endpoint_of(name: &str) -> (&str, &str) {
     let (tech, rest) = name.split_once('/').unwrap_or(("", name));
     let rest = rest.split(';').next().unwrap_or(rest);
     let resource = match rest.rfind('-') {
-        Some(i) if i > 0 && rest[i + 1..].chars().all(|c| c.is_ascii_hexdigit()) && i + 1 < rest.len() => &rest[..i],
+        Some(i)
+            if i > 0
+                && rest[i + 1..].chars().all(|c| c.is_ascii_hexdigit())
+                && i + 1 < rest.len() =>
+        {
+            &rest[..i]
+        }
         _ => rest,
     };
     (tech, resource)
@@ -199,8 +205,14 @@ mod tests {
     fn endpoint_names() {
         assert_eq!(endpoint_of("PJSIP/1001-00000017"), ("PJSIP", "1001"));
         assert_eq!(endpoint_of("PJSIP/pstn-0000002f"), ("PJSIP", "pstn"));
-        assert_eq!(endpoint_of("Local/100@test-00000001;1"), ("Local", "100@test"));
-        assert_eq!(endpoint_of("PJSIP/my-trunk-0000000a"), ("PJSIP", "my-trunk"));
+        assert_eq!(
+            endpoint_of("Local/100@test-00000001;1"),
+            ("Local", "100@test")
+        );
+        assert_eq!(
+            endpoint_of("PJSIP/my-trunk-0000000a"),
+            ("PJSIP", "my-trunk")
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub struct StasisEntry {
 
 /// Sends queued channels back to the dialplan until `cancel`. A channel that is already
 /// gone (404) is logged at debug; other failures are retried once, then logged as errors.
-pub async fn run(client: AriClient, mut rx: mpsc::UnboundedReceiver<StasisEntry>, cancel: CancellationToken) {
+pub async fn run(
+    client: AriClient,
+    mut rx: mpsc::UnboundedReceiver<StasisEntry>,
+    cancel: CancellationToken,
+) {
     loop {
         let entry = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -37,12 +41,21 @@ pub async fn run(client: AriClient, mut rx: mpsc::UnboundedReceiver<StasisEntry>
 
 async fn hand_back(client: &AriClient, e: StasisEntry) {
     let mut result = client.continue_in_dialplan(&e.channel_id).await;
-    if matches!(result, Err(AriError::Unreachable { .. } | AriError::Status { .. })) {
+    if matches!(
+        result,
+        Err(AriError::Unreachable { .. } | AriError::Status { .. })
+    ) {
         result = client.continue_in_dialplan(&e.channel_id).await;
     }
     match result {
-        Ok(()) => tracing::info!(channel = %e.channel_name, id = %e.channel_id, "StasisStart handed back: continue ok"),
-        Err(AriError::NotFound { .. }) => tracing::debug!(channel = %e.channel_name, "continue: channel already gone"),
-        Err(err) => tracing::error!(channel = %e.channel_name, id = %e.channel_id, "continue failed, channel may be held: {err}"),
+        Ok(()) => {
+            tracing::info!(channel = %e.channel_name, id = %e.channel_id, "StasisStart handed back: continue ok")
+        }
+        Err(AriError::NotFound { .. }) => {
+            tracing::debug!(channel = %e.channel_name, "continue: channel already gone")
+        }
+        Err(err) => {
+            tracing::error!(channel = %e.channel_name, id = %e.channel_id, "continue failed, channel may be held: {err}")
+        }
     }
 }

@@ -77,23 +77,36 @@ pub fn events_url(client: &AriClient, app: &str) -> String {
     format!("{ws}/ari/events?app={app}&subscribeAll=true")
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens the events WebSocket for `app` with basic auth.
 pub async fn connect(client: &AriClient, app: &str) -> Result<WsStream, AriError> {
     let url = events_url(client, app);
-    let mut req = url.as_str().into_client_request().map_err(|e| AriError::WebSocket(e.to_string()))?;
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AriError::WebSocket(e.to_string()))?;
     let (user, pass) = client.credentials();
     let token = base64_encode(format!("{user}:{pass}").as_bytes());
     req.headers_mut().insert(
         "Authorization",
-        HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| AriError::WebSocket(e.to_string()))?,
+        HeaderValue::from_str(&format!("Basic {token}"))
+            .map_err(|e| AriError::WebSocket(e.to_string()))?,
     );
     let connect = tokio_tungstenite::connect_async(req);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Err(_) => Err(AriError::Unreachable { url, reason: "connect timed out after 10 s".into() }),
-        Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == 401 => Err(AriError::Unauthorized),
-        Ok(Err(tungstenite::Error::Io(e))) => Err(AriError::Unreachable { url, reason: e.to_string() }),
+        Err(_) => Err(AriError::Unreachable {
+            url,
+            reason: "connect timed out after 10 s".into(),
+        }),
+        Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == 401 => {
+            Err(AriError::Unauthorized)
+        }
+        Ok(Err(tungstenite::Error::Io(e))) => Err(AriError::Unreachable {
+            url,
+            reason: e.to_string(),
+        }),
         Ok(Err(e)) => Err(AriError::WebSocket(e.to_string())),
         Ok(Ok((ws, _))) => Ok(ws),
     }
@@ -115,7 +128,12 @@ fn backoff() -> impl Iterator<Item = Duration> {
 
 /// Runs the events connection until `cancel`: connect, forward frames into `tx`, reconnect.
 /// `state` reflects the connection for `/health`.
-pub async fn run(client: AriClient, tx: mpsc::UnboundedSender<AriMessage>, state: watch::Sender<AriState>, cancel: CancellationToken) {
+pub async fn run(
+    client: AriClient,
+    tx: mpsc::UnboundedSender<AriMessage>,
+    state: watch::Sender<AriState>,
+    cancel: CancellationToken,
+) {
     let app = client.app().to_string();
     let mut delays = backoff();
     let mut attempt: u32 = 0;
@@ -145,7 +163,11 @@ pub async fn run(client: AriClient, tx: mpsc::UnboundedSender<AriMessage>, state
         };
         attempt += 1;
         let delay = delays.next().unwrap_or(Duration::from_secs(30));
-        let _ = state.send(AriState::Reconnecting { attempt, reason: reason.clone(), retry_in_secs: delay.as_secs_f64() });
+        let _ = state.send(AriState::Reconnecting {
+            attempt,
+            reason: reason.clone(),
+            retry_in_secs: delay.as_secs_f64(),
+        });
         tracing::warn!(attempt, retry_in = ?delay, "ARI disconnected: {reason}; retrying");
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -155,7 +177,12 @@ pub async fn run(client: AriClient, tx: mpsc::UnboundedSender<AriMessage>, state
 }
 
 /// Reads frames until the connection ends; returns why it ended.
-async fn pump(mut ws: WsStream, client: &AriClient, tx: &mpsc::UnboundedSender<AriMessage>, cancel: &CancellationToken) -> String {
+async fn pump(
+    mut ws: WsStream,
+    client: &AriClient,
+    tx: &mpsc::UnboundedSender<AriMessage>,
+    cancel: &CancellationToken,
+) -> String {
     let _ = tx.send(AriMessage::Connected);
     // Resync in the background so that reading starts at once.
     let resync = {
@@ -171,8 +198,16 @@ async fn pump(mut ws: WsStream, client: &AriClient, tx: &mpsc::UnboundedSender<A
                 };
                 match fetched {
                     Ok((channels, bridges)) => {
-                        tracing::info!(channels = channels.len(), bridges = bridges.len(), "ARI resync from REST");
-                        let _ = tx.send(AriMessage::Resync { channels, bridges, at: Utc::now() });
+                        tracing::info!(
+                            channels = channels.len(),
+                            bridges = bridges.len(),
+                            "ARI resync from REST"
+                        );
+                        let _ = tx.send(AriMessage::Resync {
+                            channels,
+                            bridges,
+                            at: Utc::now(),
+                        });
                         return;
                     }
                     Err(e) => {
@@ -194,13 +229,19 @@ async fn pump(mut ws: WsStream, client: &AriClient, tx: &mpsc::UnboundedSender<A
         };
         match msg {
             Some(Ok(Message::Text(text))) => {
-                let _ = tx.send(AriMessage::Frame { text: text.to_string(), received_at: Utc::now() });
+                let _ = tx.send(AriMessage::Frame {
+                    text: text.to_string(),
+                    received_at: Utc::now(),
+                });
             }
             Some(Ok(Message::Ping(p))) => {
                 let _ = ws.send(Message::Pong(p)).await;
             }
             Some(Ok(Message::Close(frame))) => {
-                break format!("closed by Asterisk{}", frame.map(|f| format!(": {}", f.reason)).unwrap_or_default());
+                break format!(
+                    "closed by Asterisk{}",
+                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+                );
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => break e.to_string(),

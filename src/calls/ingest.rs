@@ -47,7 +47,14 @@ impl Pipeline {
         hub: Option<Hub>,
         stasis: Option<mpsc::UnboundedSender<StasisEntry>>,
     ) -> Self {
-        Pipeline { tracker, writer, hub, stasis, stats: Arc::default(), updates: Vec::new() }
+        Pipeline {
+            tracker,
+            writer,
+            hub,
+            stasis,
+            stats: Arc::default(),
+            updates: Vec::new(),
+        }
     }
 
     /// Counters.
@@ -66,8 +73,13 @@ impl Pipeline {
         match msg {
             AriMessage::Connected => self.tracker.connection_started(),
             AriMessage::Disconnected => {}
-            AriMessage::Resync { channels, bridges, at } => {
-                self.tracker.resync(&channels, &bridges, at, &mut self.updates);
+            AriMessage::Resync {
+                channels,
+                bridges,
+                at,
+            } => {
+                self.tracker
+                    .resync(&channels, &bridges, at, &mut self.updates);
             }
             AriMessage::Frame { text, .. } => {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
@@ -114,15 +126,25 @@ impl Pipeline {
                 tracing::debug!(r#type = %type_name, "ARI event type not modelled; kept raw");
             }
             Event::ApplicationReplaced { .. } => {
-                tracing::error!("ARI application taken over by another connection (ApplicationReplaced): is a second pbxbridge running with the same ARI_APP?");
+                tracing::error!(
+                    "ARI application taken over by another connection (ApplicationReplaced): is a second pbxbridge running with the same ARI_APP?"
+                );
             }
             Event::PeerStatusChange { endpoint, peer, .. } => {
                 if let Some(hub) = &self.hub {
-                    let state = endpoint.state.clone().unwrap_or_else(|| match peer.peer_status.as_str() {
-                        "Reachable" | "Registered" => "online".into(),
-                        _ => "offline".into(),
+                    let state =
+                        endpoint
+                            .state
+                            .clone()
+                            .unwrap_or_else(|| match peer.peer_status.as_str() {
+                                "Reachable" | "Registered" => "online".into(),
+                                _ => "offline".into(),
+                            });
+                    hub.publish_extension(ExtensionStatus {
+                        extension: endpoint.resource.clone(),
+                        state,
+                        contacts: Vec::new(),
                     });
-                    hub.publish_extension(ExtensionStatus { extension: endpoint.resource.clone(), state, contacts: Vec::new() });
                 }
             }
             _ => {}
@@ -137,9 +159,15 @@ fn log_update(u: &CallUpdate) {
     let to = r.to_number.as_deref().unwrap_or("-");
     let ext = r.extension.as_deref().unwrap_or("-");
     match u.change {
-        CallChange::Created => tracing::info!(id = %r.id, call_id = %r.call_id, direction = r.direction.as_str(), from, to, "call record created"),
-        CallChange::Ringing => tracing::info!(call_id = %r.call_id, extension = ext, "call ringing"),
-        CallChange::Answered => tracing::info!(call_id = %r.call_id, extension = ext, "call answered"),
+        CallChange::Created => {
+            tracing::info!(id = %r.id, call_id = %r.call_id, direction = r.direction.as_str(), from, to, "call record created")
+        }
+        CallChange::Ringing => {
+            tracing::info!(call_id = %r.call_id, extension = ext, "call ringing")
+        }
+        CallChange::Answered => {
+            tracing::info!(call_id = %r.call_id, extension = ext, "call answered")
+        }
         CallChange::Ended => tracing::info!(
             call_id = %r.call_id,
             status = r.status.map(|s| s.as_str()).unwrap_or("-"),
@@ -155,7 +183,11 @@ fn log_update(u: &CallUpdate) {
 
 /// Runs the pipeline on the events queue until it closes or `cancel` fires (after which the
 /// frames already queued are still processed).
-pub async fn run(mut pipeline: Pipeline, mut rx: mpsc::UnboundedReceiver<AriMessage>, cancel: CancellationToken) {
+pub async fn run(
+    mut pipeline: Pipeline,
+    mut rx: mpsc::UnboundedReceiver<AriMessage>,
+    cancel: CancellationToken,
+) {
     let stats = pipeline.stats();
     loop {
         let msg = tokio::select! {

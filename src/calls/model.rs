@@ -143,11 +143,19 @@ const CALL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_9b0d_4c3a_8e57_1d2b_
 impl CallRecord {
     /// The record id for a call: UUID v5 of `source:call_id`.
     pub fn stable_id(source: Source, call_id: &str) -> Uuid {
-        Uuid::new_v5(&CALL_ID_NAMESPACE, format!("{}:{}", source.as_str(), call_id).as_bytes())
+        Uuid::new_v5(
+            &CALL_ID_NAMESPACE,
+            format!("{}:{}", source.as_str(), call_id).as_bytes(),
+        )
     }
 
     /// A new ringing record with the given start; every other field empty.
-    pub fn new(source: Source, call_id: &str, direction: Direction, start_time: DateTime<Utc>) -> Self {
+    pub fn new(
+        source: Source,
+        call_id: &str,
+        direction: Direction,
+        start_time: DateTime<Utc>,
+    ) -> Self {
         let now = Utc::now();
         CallRecord {
             id: Self::stable_id(source, call_id),

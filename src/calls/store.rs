@@ -57,7 +57,9 @@ pub async fn upsert_many(db: &Db, records: &[CallRecord]) -> Result<(), DbError>
     }
     let mut tx = db.pool().begin().await?;
     for r in records {
-        bind_record(sqlx::query(UPSERT), r).execute(&mut *tx).await?;
+        bind_record(sqlx::query(UPSERT), r)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -72,7 +74,9 @@ pub async fn upsert_one(db: &Db, record: &CallRecord) -> Result<bool, DbError> {
         .fetch_optional(&mut *tx)
         .await?
         .is_some();
-    bind_record(sqlx::query(UPSERT), record).execute(&mut *tx).await?;
+    bind_record(sqlx::query(UPSERT), record)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(!existed)
 }
@@ -114,7 +118,11 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<CallRecord>, DbError> {
 }
 
 /// One record by source and external id.
-pub async fn get_by_call_id(db: &Db, source: Source, call_id: &str) -> Result<Option<CallRecord>, DbError> {
+pub async fn get_by_call_id(
+    db: &Db,
+    source: Source,
+    call_id: &str,
+) -> Result<Option<CallRecord>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE source = $1 AND external_id = $2");
     let row = sqlx::query(&sql)
         .bind(source.as_str())
@@ -130,7 +138,10 @@ pub async fn open_calls(db: &Db, source: Source) -> Result<Vec<CallRecord>, DbEr
     let sql = format!(
         "SELECT {COLUMNS} FROM calls WHERE source = $1 AND state IN ('ringing', 'connected') ORDER BY start_time"
     );
-    let rows = sqlx::query(&sql).bind(source.as_str()).fetch_all(db.pool()).await?;
+    let rows = sqlx::query(&sql)
+        .bind(source.as_str())
+        .fetch_all(db.pool())
+        .await?;
     rows.iter().map(decode).collect()
 }
 
@@ -144,9 +155,14 @@ pub async fn list(db: &Db, f: &CallFilter) -> Result<(Vec<CallRecord>, i64), DbE
     }
     let total: i64 = count.fetch_one(db.pool()).await?.try_get("n")?;
 
-    let mut sql = format!("SELECT {COLUMNS} FROM calls{where_sql} ORDER BY start_time DESC, id DESC");
+    let mut sql =
+        format!("SELECT {COLUMNS} FROM calls{where_sql} ORDER BY start_time DESC, id DESC");
     if let Some(limit) = f.limit {
-        sql.push_str(&format!(" LIMIT {} OFFSET {}", limit.max(0), f.offset.max(0)));
+        sql.push_str(&format!(
+            " LIMIT {} OFFSET {}",
+            limit.max(0),
+            f.offset.max(0)
+        ));
     } else if f.offset > 0 {
         sql.push_str(&format!(" LIMIT -1 OFFSET {}", f.offset));
     }
@@ -166,7 +182,11 @@ pub async fn for_each(
     f: &CallFilter,
     mut each: impl FnMut(CallRecord) -> bool,
 ) -> Result<(), DbError> {
-    let mut page = CallFilter { limit: Some(1000), offset: 0, ..f.clone() };
+    let mut page = CallFilter {
+        limit: Some(1000),
+        offset: 0,
+        ..f.clone()
+    };
     loop {
         let (items, _) = list(db, &page).await?;
         let n = items.len();
@@ -227,7 +247,10 @@ fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
         Ok(row.try_get::<Option<String>, _>(c)?)
     }
     fn bad(column: &'static str, v: &str) -> DbError {
-        DbError::Decode { column, reason: format!("unknown value {v:?}") }
+        DbError::Decode {
+            column,
+            reason: format!("unknown value {v:?}"),
+        }
     }
     let id = text(row, "id")?;
     let source = text(row, "source")?;
@@ -243,8 +266,12 @@ fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
         to_number: opt(row, "to_number")?,
         extension: opt(row, "extension")?,
         start_time: parse_time("start_time", &text(row, "start_time")?)?,
-        answer_time: opt(row, "answer_time")?.map(|s| parse_time("answer_time", &s)).transpose()?,
-        end_time: opt(row, "end_time")?.map(|s| parse_time("end_time", &s)).transpose()?,
+        answer_time: opt(row, "answer_time")?
+            .map(|s| parse_time("answer_time", &s))
+            .transpose()?,
+        end_time: opt(row, "end_time")?
+            .map(|s| parse_time("end_time", &s))
+            .transpose()?,
         duration: row.try_get::<i64, _>("duration")?,
         billsec: row.try_get::<i64, _>("billsec")?,
         state: CallState::parse(&state).ok_or_else(|| bad("state", &state))?,

@@ -39,7 +39,10 @@ pub struct AgentMatcher {
 impl AgentMatcher {
     /// A matcher with the given pattern and no known extensions yet.
     pub fn new(pattern: Regex) -> Self {
-        AgentMatcher { pattern, known: Arc::default() }
+        AgentMatcher {
+            pattern,
+            known: Arc::default(),
+        }
     }
 
     /// True when `resource` (an endpoint name such as `1001`) is an agent extension.
@@ -47,7 +50,10 @@ impl AgentMatcher {
         if self.pattern.is_match(resource) {
             return true;
         }
-        self.known.read().map(|k| k.contains(resource)).unwrap_or(false)
+        self.known
+            .read()
+            .map(|k| k.contains(resource))
+            .unwrap_or(false)
     }
 
     /// Replaces the set of extensions known from the database.
@@ -232,12 +238,14 @@ impl Tracker {
                 let lid = self.touch(channel, ts);
                 if let Some(call) = self.calls.get_mut(&lid) {
                     if call.stasis_direction.is_none() {
-                        call.stasis_direction = args.first().and_then(|a| match a.to_ascii_lowercase().as_str() {
-                            "inbound" => Some(Direction::Inbound),
-                            "outbound" => Some(Direction::Outbound),
-                            "internal" => Some(Direction::Internal),
-                            _ => None,
-                        });
+                        call.stasis_direction =
+                            args.first()
+                                .and_then(|a| match a.to_ascii_lowercase().as_str() {
+                                    "inbound" => Some(Direction::Inbound),
+                                    "outbound" => Some(Direction::Outbound),
+                                    "internal" => Some(Direction::Internal),
+                                    _ => None,
+                                });
                         if call.stasis_direction.is_some() {
                             call.stasis_to = args.get(1).filter(|a| !a.is_empty()).cloned();
                         }
@@ -245,7 +253,12 @@ impl Tracker {
                 }
                 touched.push(lid);
             }
-            Event::Dial { caller, peer, dialstatus, .. } => {
+            Event::Dial {
+                caller,
+                peer,
+                dialstatus,
+                ..
+            } => {
                 let call_lid = match caller {
                     Some(c) => self.touch(c, ts),
                     None => self.touch(peer, ts),
@@ -254,14 +267,20 @@ impl Tracker {
                 touched.push(peer_lid);
                 if caller.is_some() {
                     let (tech, res) = peer.endpoint();
-                    let agent = (tech != "Local" && self.agents.is_agent(res)).then(|| res.to_string());
+                    let agent =
+                        (tech != "Local" && self.agents.is_agent(res)).then(|| res.to_string());
                     if let Some(call) = self.calls.get_mut(&call_lid) {
                         apply_dial(call, agent, dialstatus, ts);
                     }
                 }
                 touched.push(call_lid);
             }
-            Event::ChannelVarset { variable, value, channel: Some(channel), .. } => {
+            Event::ChannelVarset {
+                variable,
+                value,
+                channel: Some(channel),
+                ..
+            } => {
                 let lid = self.touch(channel, ts);
                 if variable == "DIALSTATUS" && !value.is_empty() {
                     if let Some(call) = self.calls.get_mut(&lid) {
@@ -270,7 +289,12 @@ impl Tracker {
                 }
                 touched.push(lid);
             }
-            Event::ChannelDestroyed { channel, cause, cause_txt, .. } => {
+            Event::ChannelDestroyed {
+                channel,
+                cause,
+                cause_txt,
+                ..
+            } => {
                 let lid = self.touch(channel, ts);
                 self.channels.remove(&channel.id);
                 if self.unconfirmed.is_some() {
@@ -309,7 +333,13 @@ impl Tracker {
     /// after a (re)connect: calls still up are picked up (answered when their parties share
     /// a bridge); channels that vanished while disconnected are finished at `now`, and their
     /// calls marked reconstructed. Restored calls with no channel left are finished too.
-    pub fn resync(&mut self, channels: &[Channel], bridges: &[Bridge], now: DateTime<Utc>, out: &mut Vec<CallUpdate>) {
+    pub fn resync(
+        &mut self,
+        channels: &[Channel],
+        bridges: &[Bridge],
+        now: DateTime<Utc>,
+        out: &mut Vec<CallUpdate>,
+    ) {
         let rest_ids: HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
         let mut touched: Vec<String> = Vec::new();
         let unconfirmed = self.unconfirmed.take().unwrap_or_default();
@@ -340,7 +370,12 @@ impl Tracker {
         self.destroyed_since_connect.clear();
         // Calls up in a bridge whose answer was not seen: take the bridge's creation as the answer.
         for b in bridges.iter().filter(|b| b.channels.len() >= 2) {
-            let Some(lid) = b.channels.iter().find_map(|id| self.channels.get(id)).map(|i| i.linkedid.clone()) else {
+            let Some(lid) = b
+                .channels
+                .iter()
+                .find_map(|id| self.channels.get(id))
+                .map(|i| i.linkedid.clone())
+            else {
                 continue;
             };
             let agent = b
@@ -405,11 +440,17 @@ impl Tracker {
                     .map(str::to_string)
                     .or_else(|| fallback_lid.map(str::to_string))
                     .unwrap_or_else(|| ch.id.clone());
-                self.channels.insert(ch.id.clone(), ChanInfo { linkedid: lid.clone() });
+                self.channels.insert(
+                    ch.id.clone(),
+                    ChanInfo {
+                        linkedid: lid.clone(),
+                    },
+                );
                 let source = self.source;
                 let call = self.calls.entry(lid.clone()).or_insert_with(|| {
                     let start = ch.creationtime.min(ts);
-                    let mut c = LiveCall::new(CallRecord::new(source, &lid, Direction::Inbound, start));
+                    let mut c =
+                        LiveCall::new(CallRecord::new(source, &lid, Direction::Inbound, start));
                     c.mark(CallChange::Created);
                     c
                 });
@@ -457,7 +498,9 @@ impl Tracker {
     /// Derives the record from what the call knows; emits an update when it changed; ends
     /// the call when its last channel is gone.
     fn settle(&mut self, lid: &str, out: &mut Vec<CallUpdate>) {
-        let Some(call) = self.calls.get_mut(lid) else { return };
+        let Some(call) = self.calls.get_mut(lid) else {
+            return;
+        };
         derive(call, &self.agents);
         let ended = call.channels.is_empty() && call.last_destroyed.is_some();
         if ended {
@@ -467,7 +510,10 @@ impl Tracker {
         let change = call.change.take();
         let significant = change.is_some_and(|c| c != CallChange::Updated);
         if significant || call.last_written.as_ref() != Some(&call.rec) {
-            out.push(CallUpdate { change: change.unwrap_or(CallChange::Updated), record: call.rec.clone() });
+            out.push(CallUpdate {
+                change: change.unwrap_or(CallChange::Updated),
+                record: call.rec.clone(),
+            });
             call.last_written = Some(call.rec.clone());
         }
         if ended {
@@ -516,8 +562,15 @@ fn derive(call: &mut LiveCall, agents: &AgentMatcher) {
     let direction = call.stasis_direction.or_else(|| {
         origin_known.then(|| match &call.origin_agent {
             Some(_) => {
-                let to_agent = call.origin_exten.as_deref().is_some_and(|e| agents.is_agent(e));
-                if to_agent || call.peer_is_agent { Direction::Internal } else { Direction::Outbound }
+                let to_agent = call
+                    .origin_exten
+                    .as_deref()
+                    .is_some_and(|e| agents.is_agent(e));
+                if to_agent || call.peer_is_agent {
+                    Direction::Internal
+                } else {
+                    Direction::Outbound
+                }
             }
             None => Direction::Inbound,
         })
@@ -528,7 +581,10 @@ fn derive(call: &mut LiveCall, agents: &AgentMatcher) {
     }
     let from = match rec.direction {
         Direction::Inbound => call.origin_caller.clone(),
-        _ => call.origin_agent.clone().or_else(|| call.origin_caller.clone()),
+        _ => call
+            .origin_agent
+            .clone()
+            .or_else(|| call.origin_caller.clone()),
     };
     if from.is_some() {
         rec.from_number = from;
@@ -545,7 +601,11 @@ fn derive(call: &mut LiveCall, agents: &AgentMatcher) {
         rec.extension = ext;
     }
     if rec.end_time.is_none() {
-        rec.state = if rec.answer_time.is_some() { CallState::Connected } else { CallState::Ringing };
+        rec.state = if rec.answer_time.is_some() {
+            CallState::Connected
+        } else {
+            CallState::Ringing
+        };
     }
 }
 
@@ -555,13 +615,23 @@ fn finish(call: &mut LiveCall) {
     let rec = &mut call.rec;
     rec.end_time = Some(end);
     rec.duration = CallRecord::whole_seconds(rec.start_time, end);
-    rec.billsec = rec.answer_time.map_or(0, |a| CallRecord::whole_seconds(a, end));
-    let cause = call.origin_cause.clone().or_else(|| call.last_cause.clone());
+    rec.billsec = rec
+        .answer_time
+        .map_or(0, |a| CallRecord::whole_seconds(a, end));
+    let cause = call
+        .origin_cause
+        .clone()
+        .or_else(|| call.last_cause.clone());
     if let Some((c, txt)) = &cause {
         rec.hangup_cause = Some(*c);
         rec.hangup_cause_text = Some(txt.clone());
     }
-    rec.dial_status = rec.answer_time.map(|_| "ANSWER".to_string()).or_else(|| call.finals.last.clone()).or_else(|| call.dialstatus_var.clone()).or(rec.dial_status.take());
+    rec.dial_status = rec
+        .answer_time
+        .map(|_| "ANSWER".to_string())
+        .or_else(|| call.finals.last.clone())
+        .or_else(|| call.dialstatus_var.clone())
+        .or(rec.dial_status.take());
     let status = if rec.answer_time.is_some() {
         CallStatus::Answered
     } else if call.finals.missed {
@@ -576,7 +646,11 @@ fn finish(call: &mut LiveCall) {
         cause.map_or(CallStatus::Missed, |(c, _)| status_of_cause(c))
     };
     rec.status = Some(status);
-    rec.state = if status == CallStatus::Missed { CallState::Missed } else { CallState::Ended };
+    rec.state = if status == CallStatus::Missed {
+        CallState::Missed
+    } else {
+        CallState::Ended
+    };
 }
 
 /// Outcome of a `DIALSTATUS` value.

@@ -53,7 +53,13 @@ impl WriterHandle {
 /// Creates the queue: the handle and the receiving end for [`run`].
 pub fn channel() -> (WriterHandle, mpsc::UnboundedReceiver<CallRecord>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (WriterHandle { tx, stats: Arc::default() }, rx)
+    (
+        WriterHandle {
+            tx,
+            stats: Arc::default(),
+        },
+        rx,
+    )
 }
 
 const BATCH: usize = 512;
@@ -81,7 +87,12 @@ impl Batch {
 }
 
 /// Writes queued records until the queue closes, or `cancel` fires and the queue is drained.
-pub async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<CallRecord>, stats: Arc<WriterStats>, cancel: CancellationToken) {
+pub async fn run(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<CallRecord>,
+    stats: Arc<WriterStats>,
+    cancel: CancellationToken,
+) {
     let mut batch = Batch::default();
     let mut delay = Duration::from_millis(200);
     let mut failures_in_row = 0u32;
@@ -102,7 +113,9 @@ pub async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<CallRecord>, stats: Arc
         }
         match store::upsert_many(&db, &batch.records).await {
             Ok(()) => {
-                stats.written.fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                stats
+                    .written
+                    .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
                 stats.pending.fetch_sub(batch.taken, Ordering::Relaxed);
                 batch = Batch::default();
                 delay = Duration::from_millis(200);
@@ -113,7 +126,10 @@ pub async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<CallRecord>, stats: Arc
                 failures_in_row += 1;
                 tracing::error!(records = batch.records.len(), retry_in = ?delay, "writing call records failed: {e}");
                 if cancel.is_cancelled() && failures_in_row >= 3 {
-                    tracing::error!(records = batch.records.len(), "shutting down with call records unwritten");
+                    tracing::error!(
+                        records = batch.records.len(),
+                        "shutting down with call records unwritten"
+                    );
                     return;
                 }
                 tokio::select! {

@@ -89,7 +89,11 @@ impl Db {
     /// database cannot be reached.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
-        let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let (backend, url) = match scheme.as_str() {
             "sqlite" => {
                 let mut u = url.to_string();
@@ -168,7 +172,10 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
 pub fn parse_time(column: &'static str, s: &str) -> Result<DateTime<Utc>, DbError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| DbError::Decode { column, reason: format!("{s:?}: {e}") })
+        .map_err(|e| DbError::Decode {
+            column,
+            reason: format!("{s:?}: {e}"),
+        })
 }
 
 /// Serde helpers for times in API JSON, in the format of [`format_time`].
@@ -192,14 +199,19 @@ pub mod time_format {
     pub mod option {
         use super::*;
         /// Serializes an optional time.
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&crate::db::format_time(t)),
                 None => s.serialize_none(),
             }
         }
         /// Deserializes an optional RFC 3339 time.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
             s.map(|s| {
                 DateTime::parse_from_rfc3339(&s)

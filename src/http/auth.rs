@@ -35,7 +35,9 @@ impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Viewer => Err(ApiError::Forbidden("this action needs the admin role".into())),
+            Role::Viewer => Err(ApiError::Forbidden(
+                "this action needs the admin role".into(),
+            )),
         }
     }
 }
@@ -43,7 +45,11 @@ impl Principal {
 /// The bearer token of a request: the `Authorization` header, else a `token` query
 /// parameter (browsers cannot set headers on WebSocket upgrades).
 pub fn bearer_token(req: &Request) -> Option<String> {
-    if let Some(h) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(h) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let h = h.trim();
         if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
             return Some(h[7..].trim().to_string());
@@ -68,13 +74,20 @@ pub fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
         .iter()
         .any(|t| bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())));
     if static_ok {
-        return Some(Principal { name: "token".into(), role: Role::Admin });
+        return Some(Principal {
+            name: "token".into(),
+            role: Role::Admin,
+        });
     }
     None
 }
 
 /// Middleware: 401 unless the request carries a valid token.
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let token = bearer_token(&req).ok_or(ApiError::Unauthorized)?;
     let principal = authenticate(&state, &token).ok_or(ApiError::Unauthorized)?;
     req.extensions_mut().insert(principal);

@@ -68,27 +68,43 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 naming `field`.
     pub fn bad_param(field: &str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { field: Some(field.to_string()), message: message.into() }
+        ApiError::BadRequest {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
     }
 
     /// A 422 naming `field`.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        ApiError::Unprocessable { field: field.to_string(), message: message.into() }
+        ApiError::Unprocessable {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
         match self {
-            ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "bad_request", field.clone()),
+            ApiError::BadRequest { field, .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request", field.clone())
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", field.clone()),
-            ApiError::Unprocessable { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field.clone())),
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None),
+            ApiError::Unprocessable { field, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                Some(field.clone()),
+            ),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None)
+            }
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Db(DbError::Conflict { .. }) => (StatusCode::CONFLICT, "conflict", None),
-            ApiError::Db(_) | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            ApiError::Db(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
         }
     }
 }

@@ -41,6 +41,10 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "activeCalls": state.hub.active_calls().len(),
         "liveSubscribers": state.hub.subscribers(),
     });
-    let status = if db.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

@@ -48,7 +48,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::extensions::router())
         .merge(crate::sync::kerio::router())
         .merge(crate::sync::kavkom::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .merge(health::router())
         .merge(protected)

@@ -50,7 +50,11 @@ impl Hub {
     /// A hub whose subscribers may fall `capacity` events behind before they lag.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        Hub { tx, active: Arc::default(), extensions: Arc::default() }
+        Hub {
+            tx,
+            active: Arc::default(),
+            extensions: Arc::default(),
+        }
     }
 
     /// Publishes a call update and keeps the active-call set current.
@@ -80,14 +84,22 @@ impl Hub {
 
     /// Calls in progress, oldest first.
     pub fn active_calls(&self) -> Vec<CallRecord> {
-        let mut v: Vec<CallRecord> = self.active.read().map(|a| a.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<CallRecord> = self
+            .active
+            .read()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by_key(|r| r.start_time);
         v
     }
 
     /// Last known registration state of every extension seen.
     pub fn extension_states(&self) -> Vec<ExtensionStatus> {
-        let mut v: Vec<ExtensionStatus> = self.extensions.read().map(|e| e.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<ExtensionStatus> = self
+            .extensions
+            .read()
+            .map(|e| e.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| a.extension.cmp(&b.extension));
         v
     }

@@ -12,12 +12,24 @@ use tower_http::services::ServeFile;
 
 /// The cache folder: `RECORDINGS_DIR`, else `$TMPDIR/pbxbridge-recordings`.
 pub fn cache_dir(recordings_dir: Option<&Path>) -> PathBuf {
-    recordings_dir.map(Path::to_path_buf).unwrap_or_else(|| std::env::temp_dir().join("pbxbridge-recordings"))
+    recordings_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::env::temp_dir().join("pbxbridge-recordings"))
 }
 
 /// A file name safe for the cache (anything but `[A-Za-z0-9._-]` becomes `_`).
 pub fn safe_file_name(source: &str, id: &str, ext: &str) -> String {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect::<String>();
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
     format!("{}-{}.{}", clean(source), clean(id), clean(ext))
 }
 
@@ -34,10 +46,13 @@ pub async fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Serves the cached file at `path` for `req` (its `Range` and conditional headers are
 /// honoured), with `content_type` (e.g. `audio/mpeg`, `audio/wav`).
 pub async fn serve(path: &Path, content_type: &str, req: Request<Body>) -> Response {
-    let mime: mime::Mime = content_type.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+    let mime: mime::Mime = content_type
+        .parse()
+        .unwrap_or(mime::APPLICATION_OCTET_STREAM);
     match ServeFile::new_with_mime(path, &mime).oneshot(req).await {
         Ok(mut resp) => {
-            resp.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            resp.headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             resp.map(Body::new).into_response()
         }
         Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

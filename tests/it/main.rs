@@ -1,3 +1,5 @@
 //! Integration tests: one binary (faster to link), one module per area.
 
+mod ami;
+mod fakes;
 mod support;

@@ -30,13 +30,19 @@ pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let db = Db::connect_and_migrate(&url).await.unwrap();
-    TestDb { db, url, backend: "sqlite", _dir: Some(dir) }
+    TestDb {
+        db,
+        url,
+        backend: "sqlite",
+        _dir: Some(dir),
+    }
 }
 
 /// A fresh, migrated PostgreSQL database, or None (skipped) when the server is unreachable
 /// outside CI.
 pub async fn postgres() -> Option<TestDb> {
-    let base = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let admin = match Db::connect(&base).await {
         Ok(db) => db,
         Err(e) => {
@@ -53,16 +59,28 @@ pub async fn postgres() -> Option<TestDb> {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         rand_suffix()
     );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
     admin.close().await;
     let (prefix, _) = base.rsplit_once('/').unwrap();
     let url = format!("{prefix}/{name}");
     let db = Db::connect_and_migrate(&url).await.unwrap();
-    Some(TestDb { db, url, backend: "postgres", _dir: None })
+    Some(TestDb {
+        db,
+        url,
+        backend: "postgres",
+        _dir: None,
+    })
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 100_000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000
 }
 
 /// Both backends (PostgreSQL only when reachable, see [`postgres`]).

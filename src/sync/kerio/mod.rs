@@ -17,7 +17,13 @@ use crate::live::Hub;
 pub struct Kerio;
 
 /// Starts the adapter's tasks when configured (KERIO_PBX_HOST or KERIO_API_URL); None when off.
-pub fn spawn(_settings: &Arc<Settings>, _db: &Db, _hub: &Hub, _tasks: &mut JoinSet<()>, _cancel: &CancellationToken) -> Option<Arc<Kerio>> {
+pub fn spawn(
+    _settings: &Arc<Settings>,
+    _db: &Db,
+    _hub: &Hub,
+    _tasks: &mut JoinSet<()>,
+    _cancel: &CancellationToken,
+) -> Option<Arc<Kerio>> {
     None
 }
 
@@ -27,6 +33,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `pbxbridge sync kerio --from --to [--extension]`: one sync, with a progress bar. Returns the exit code.
-pub async fn cli_sync(_settings: &Settings, _from: Option<String>, _to: Option<String>, _extension: Option<String>) -> anyhow::Result<i32> {
+pub async fn cli_sync(
+    _settings: &Settings,
+    _from: Option<String>,
+    _to: Option<String>,
+    _extension: Option<String>,
+) -> anyhow::Result<i32> {
     anyhow::bail!("Kerio sync is not built yet")
 }
