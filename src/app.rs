@@ -1,5 +1,6 @@
 //! `serve`: wires the daemon together and owns every task. The tasks: the HTTP API, the ARI
-//! events connection, the call pipeline, the Stasis hand-back and the call writer. All are
+//! events connection, the call pipeline, the Stasis hand-back, the call writer, the AMI
+//! connection (when AMI_USERNAME is set) and the extensions provisioner. All are
 //! spawned into one [`JoinSet`] and stop on one [`CancellationToken`] (Ctrl-C / SIGTERM).
 
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     // Tracker, with the calls that were live when the daemon last stopped.
     let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
-    let mut tracker = Tracker::new(agents);
+    let mut tracker = Tracker::new(agents.clone());
     let open = store::open_calls(&db, Source::Asterisk).await?;
     if !open.is_empty() {
         tracing::info!(
@@ -83,6 +84,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     // ARI: events connection, Stasis hand-back, pipeline.
     let client = AriClient::new(&settings.ari);
+
+    // AMI (optional) and the extensions provisioner (drift repair at start).
+    let ami = crate::ami::AmiConfig::from_settings(&settings.ami).map(|cfg| {
+        tracing::info!(addr = %cfg.addr(), "connecting to AMI");
+        let (ami, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
+        tasks.spawn(task);
+        ami
+    });
+    let provisioner = Arc::new(
+        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami)
+            .context("extensions provisioning")?,
+    );
+    let known = agents.clone();
+    provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
+    agents.set_known(
+        crate::extensions::store::all(&db)
+            .await?
+            .into_iter()
+            .map(|e| e.extension),
+    );
+    tasks.spawn(provisioner.clone().run(cancel.clone()));
     let (ari_tx, ari_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(AriState::Connecting);
     let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
@@ -112,6 +134,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         writer_stats: Some(writer_stats),
         kerio,
         kavkom,
+        extensions: Some(provisioner),
     };
     let listener = tokio::net::TcpListener::bind(settings.core.http_listen)
         .await

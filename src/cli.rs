@@ -54,6 +54,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the PJSIP include file rendered from the database to stdout (touches nothing:
+    /// no migration, no write, no reload).
+    Render,
     /// Sync call history from a hosted PBX once, for a date range, with a progress bar.
     Sync {
         /// Which hosted PBX.
@@ -94,6 +97,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check => Ok(check(&settings).await),
+        Command::Render => {
+            let db = Db::connect(&settings.core.database_url)
+                .await
+                .context("database")?;
+            let rows = crate::extensions::store::all(&db)
+                .await
+                .context("reading extensions (has `pbxbridge migrate` been run?)")?;
+            print!("{}", crate::extensions::render::render(&rows));
+            Ok(0)
+        }
         Command::Capture { out, app } => {
             let client = AriClient::new(&settings.ari);
             let app = app.unwrap_or_else(|| format!("{}-capture", settings.ari.ari_app));

@@ -39,6 +39,8 @@ pub struct AppState {
     pub kerio: Option<Arc<crate::sync::kerio::Kerio>>,
     /// Kavkom adapter, when configured.
     pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
+    /// Extensions provisioner (PJSIP file, reload, verification), when running.
+    pub extensions: Option<Arc<crate::extensions::Provisioner>>,
 }
 
 /// The whole API.
