@@ -10,7 +10,9 @@ use super::model::{Extension, ProvState, Provisioning};
 use crate::config::Secret;
 use crate::db::{Db, DbError, format_time, parse_time};
 
-const COLUMNS: &str = "id, extension, display_name, context, transport, codecs, max_contacts, enabled, realm, \
+// `enabled` is read as 0/1: sqlx's Any driver cannot decode SQLite's BOOLEAN column type.
+const COLUMNS: &str = "id, extension, display_name, context, transport, codecs, max_contacts, \
+    CASE WHEN enabled THEN 1 ELSE 0 END AS enabled, realm, \
     password_digest, revision, prov_state, prov_applied_at, prov_error, created_at, updated_at";
 
 const ORDER: &str = " ORDER BY LENGTH(extension), extension";
@@ -175,7 +177,7 @@ fn from_row(row: &AnyRow) -> Result<Extension, DbError> {
             .map(str::to_string)
             .collect(),
         max_contacts: row.try_get("max_contacts")?,
-        enabled: row.try_get("enabled")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
         realm: row.try_get("realm")?,
         password_digest: Secret::new(row.try_get::<String, _>("password_digest")?),
         revision: row.try_get("revision")?,

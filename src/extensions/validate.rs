@@ -59,7 +59,7 @@ pub struct ExtensionInput {
     pub extension: String,
     /// New password, when given.
     pub password: Option<Secret>,
-    /// Caller ID name (trimmed).
+    /// Caller ID name (leading and trailing spaces removed).
     pub display_name: String,
     /// Context.
     pub context: String,
@@ -265,7 +265,7 @@ pub fn input(
         check_password(pw, &extension)?;
     }
     let display_name = match string(body, "displayName")? {
-        Some(s) => s.trim().to_string(),
+        Some(s) => s.trim_matches(' ').to_string(),
         None => keep.map(|b| b.display_name.clone()).unwrap_or_default(),
     };
     check_display_name(&display_name)?;
