@@ -17,7 +17,11 @@ fn main() {
             let ext = format!("{}", 100_000 + i);
             Extension {
                 id: uuid::Uuid::new_v4().to_string(),
-                password_digest: password_digest(&ext, "asterisk", &Secret::new(format!("pw-{i}-secret"))),
+                password_digest: password_digest(
+                    &ext,
+                    "asterisk",
+                    &Secret::new(format!("pw-{i}-secret")),
+                ),
                 display_name: format!("Agent Number {i}"),
                 extension: ext,
                 context: "from-internal".into(),
@@ -57,7 +61,11 @@ fn main() {
         v.sort();
         v[v.len() / 2]
     };
-    let (r, w, t) = (median(&mut render_t), median(&mut write_t), median(&mut total_t));
+    let (r, w, t) = (
+        median(&mut render_t),
+        median(&mut write_t),
+        median(&mut total_t),
+    );
     let worst = *total_t.iter().max().expect("runs");
     println!(
         "render+write {n} extensions ({} KiB): median {:.1} ms (render {:.1} ms, write+fsync {:.1} ms), worst {:.1} ms over {runs} runs; target <= 50 ms: {}",
@@ -66,6 +74,10 @@ fn main() {
         r.as_secs_f64() * 1e3,
         w.as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3,
-        if t <= Duration::from_millis(50) { "met" } else { "NOT met" }
+        if t <= Duration::from_millis(50) {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 }

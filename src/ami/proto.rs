@@ -162,6 +162,9 @@ impl Message {
 pub struct Decoder {
     buf: Vec<u8>,
     pos: usize,
+    /// Bytes before this offset hold no line end (so a long line is scanned once, not on
+    /// every feed).
+    scanned: usize,
     current: Message,
 }
 
@@ -176,8 +179,10 @@ impl Decoder {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+            self.scanned = 0;
         } else if self.pos > 64 * 1024 {
             self.buf.drain(..self.pos);
+            self.scanned = self.scanned.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(bytes);
@@ -185,8 +190,13 @@ impl Decoder {
 
     /// Takes the next complete line (without its line end), if any.
     pub fn next_line(&mut self) -> Result<Option<String>, ProtoError> {
+        let from = self.scanned.max(self.pos);
         let rest = &self.buf[self.pos..];
-        match rest.iter().position(|&b| b == b'\n') {
+        match self.buf[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| i + from - self.pos)
+        {
             Some(i) => {
                 if i > MAX_LINE + 1 {
                     return Err(ProtoError::LineTooLong);
@@ -200,7 +210,10 @@ impl Decoder {
                 Ok(Some(s))
             }
             None if rest.len() > MAX_LINE + 1 => Err(ProtoError::LineTooLong),
-            None => Ok(None),
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
         }
     }
 
@@ -277,6 +290,18 @@ mod tests {
         assert!(m.encode().is_err());
         let m = Message::action("Login").with("Secret", "s3cret");
         assert!(!format!("{m:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn byte_by_byte_long_line_is_linear() {
+        // 60 KiB without a line end, fed one byte at a time: each byte is scanned once.
+        let mut d = Decoder::new();
+        for _ in 0..60_000 {
+            d.feed(b"a");
+            assert_eq!(d.next_message(), Ok(None));
+        }
+        d.feed(b": b\r\n\r\n");
+        assert_eq!(d.next_message().unwrap().unwrap().fields().len(), 1);
     }
 
     #[test]
