@@ -249,10 +249,10 @@ impl Provisioner {
                 return Err(());
             }
         };
-        if let Ok(h) = self.known_hook.lock() {
-            if let Some(h) = h.as_ref() {
-                h(rows.iter().map(|e| e.extension.clone()).collect());
-            }
+        if let Ok(h) = self.known_hook.lock()
+            && let Some(h) = h.as_ref()
+        {
+            h(rows.iter().map(|e| e.extension.clone()).collect());
         }
         let deleted: Vec<String> = self
             .deleted
@@ -282,10 +282,10 @@ impl Provisioner {
             self.count(|s| s.reloads += 1);
             if let Err(f) = self.reload().await {
                 st.needs_reload = true;
-                if let Failure::Reload { rejected: true, .. } = &f {
-                    if written {
-                        self.restore(st.last_good.clone()).await;
-                    }
+                if let Failure::Reload { rejected: true, .. } = &f
+                    && written
+                {
+                    self.restore(st.last_good.clone()).await;
                 }
                 return self.fail(&pending, &deleted, f, started).await;
             }

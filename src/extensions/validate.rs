@@ -308,13 +308,14 @@ pub fn input(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("enabled", "enabled must be true or false")),
     };
-    if let Some(b) = base {
-        if b.extension != extension && password.is_none() {
-            return Err(invalid(
-                "password",
-                "password is required when the extension number changes (the digest includes it)",
-            ));
-        }
+    if let Some(b) = base
+        && b.extension != extension
+        && password.is_none()
+    {
+        return Err(invalid(
+            "password",
+            "password is required when the extension number changes (the digest includes it)",
+        ));
     }
     Ok(ExtensionInput {
         extension,
