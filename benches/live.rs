@@ -35,7 +35,11 @@ async fn events(State(frames): State<Frames>, ws: WebSocketUpgrade) -> axum::res
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -46,7 +50,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let capture = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/captures/inbound-answered/ari.jsonl")).unwrap();
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/captures/inbound-answered/ari.jsonl"
+    ))
+    .unwrap();
     let lines: Vec<String> = capture.lines().map(String::from).collect();
     let triggers = [25usize, 37, 87];
 
@@ -54,19 +62,34 @@ async fn main() {
     let frames: Frames = Arc::new(Mutex::new(Some(rx)));
     let app = axum::Router::new()
         .route("/ari/events", get(events))
-        .route("/ari/channels", get(|| async { axum::Json(serde_json::json!([])) }))
-        .route("/ari/bridges", get(|| async { axum::Json(serde_json::json!([])) }))
+        .route(
+            "/ari/channels",
+            get(|| async { axum::Json(serde_json::json!([])) }),
+        )
+        .route(
+            "/ari/bridges",
+            get(|| async { axum::Json(serde_json::json!([])) }),
+        )
         .with_state(frames);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ari = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let tmp = tempfile::tempdir().unwrap();
-    let port = { std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port() };
+    let port = {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_pbxbridge"))
         .arg("serve")
         .env_clear()
-        .env("DATABASE_URL", format!("sqlite://{}", tmp.path().join("b.db").display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", tmp.path().join("b.db").display()),
+        )
         .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("ARI_URL", &ari)
         .env("API_TOKENS", "bench")
@@ -75,15 +98,27 @@ async fn main() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    println!("machine: {} cores; {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), chrono::Utc::now().format("%Y-%m-%d"));
-    println!("daemon RSS idle: {:.1} MB", rss_kb(daemon.id()) as f64 / 1024.0);
+    println!(
+        "machine: {} cores; {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    println!(
+        "daemon RSS idle: {:.1} MB",
+        rss_kb(daemon.id()) as f64 / 1024.0
+    );
 
     let arrivals: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
     let mut clients = Vec::new();
     let mut iteration = 0usize;
     for target in [1usize, 100, 1000] {
         while clients.len() < target {
-            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token=bench")).await.unwrap();
+            let (ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token=bench"))
+                    .await
+                    .unwrap();
             let arrivals = arrivals.clone();
             let idx = clients.len();
             clients.push(tokio::spawn(async move {
@@ -101,7 +136,10 @@ async fn main() {
         let mut lat: Vec<f64> = Vec::new();
         for _round in 0..5 {
             iteration += 1;
-            let ids = lines.iter().map(|l| l.replace("1795279489.", &format!("8{iteration:09}."))).collect::<Vec<_>>();
+            let ids = lines
+                .iter()
+                .map(|l| l.replace("1795279489.", &format!("8{iteration:09}.")))
+                .collect::<Vec<_>>();
             for (i, f) in ids.iter().enumerate() {
                 if triggers.contains(&i) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -112,7 +150,13 @@ async fn main() {
                     while arrivals.lock().unwrap().len() < target && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
-                    lat.extend(arrivals.lock().unwrap().iter().map(|(_, t)| t.duration_since(sent).as_secs_f64() * 1000.0));
+                    lat.extend(
+                        arrivals
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .map(|(_, t)| t.duration_since(sent).as_secs_f64() * 1000.0),
+                    );
                 } else {
                     tx.send(f.clone()).unwrap();
                 }

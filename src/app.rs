@@ -1,5 +1,6 @@
 //! `serve`: wires the daemon together and owns every task. The tasks: the HTTP API, the ARI
-//! events connection, the call pipeline, the Stasis hand-back and the call writer. All are
+//! events connection, the call pipeline, the Stasis hand-back, the call writer, the AMI
+//! connection (when AMI_USERNAME is set) and the extensions provisioner. All are
 //! spawned into one [`JoinSet`] and stop on one [`CancellationToken`] (Ctrl-C / SIGTERM).
 
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     // Tracker, with the calls that were live when the daemon last stopped.
     let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
-    let mut tracker = Tracker::new(agents);
+    let mut tracker = Tracker::new(agents.clone());
     let open = store::open_calls(&db, Source::Asterisk).await?;
     if !open.is_empty() {
         tracing::info!(
@@ -81,8 +82,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     tracker.restore(open);
 
-    // ARI: events connection, Stasis hand-back, pipeline.
+    // AMI (optional) and the extensions provisioner (drift repair at start).
     let client = AriClient::new(&settings.ari);
+    let ami = crate::ami::AmiConfig::from_settings(&settings.ami).map(|cfg| {
+        tracing::info!(addr = %cfg.addr(), "connecting to AMI");
+        let (ami, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
+        tasks.spawn(task);
+        ami
+    });
+    let provisioner = Arc::new(
+        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami)
+            .context("extensions provisioning")?,
+    );
+    let known = agents.clone();
+    provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
+    agents.set_known(
+        crate::extensions::store::all(&db)
+            .await?
+            .into_iter()
+            .map(|e| e.extension),
+    );
+    tasks.spawn(provisioner.clone().run(cancel.clone()));
+
+    // ARI: events connection, Stasis hand-back, pipeline.
     let (ari_tx, ari_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(AriState::Connecting);
     let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
@@ -114,6 +136,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         kavkom,
         login_limiter: Arc::default(),
         shutdown: cancel.clone(),
+        extensions: Some(provisioner),
     };
     if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
         tracing::error!(

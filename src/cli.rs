@@ -34,7 +34,7 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Try the database and ARI; print ok/failed per component (exit 0 when all are ok, else 1).
+    /// Try the database, ARI and (when AMI_USERNAME is set) AMI; print ok/failed per component (exit 0 when all are ok, else 1).
     Check,
     /// Record the live ARI event stream to JSON lines (Ctrl-C to stop).
     Capture {
@@ -54,6 +54,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the PJSIP include file rendered from the database to stdout (touches nothing:
+    /// no migration, no write, no reload).
+    Render,
     /// Manage API users (login with POST /auth/login).
     User {
         /// What to do.
@@ -152,6 +155,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::User { action } => user(&settings, action).await,
+        Command::Render => {
+            let db = Db::connect(&settings.core.database_url)
+                .await
+                .context("database")?;
+            let rows = crate::extensions::store::all(&db)
+                .await
+                .context("reading extensions (has `pbxbridge migrate` been run?)")?;
+            print!("{}", crate::extensions::render::render(&rows));
+            Ok(0)
+        }
         Command::Sync {
             target: SyncTarget::Kerio,
             from,
@@ -195,6 +208,21 @@ async fn check(settings: &Settings) -> i32 {
             ok = false;
             println!("ari: failed: {e}");
         }
+    }
+    if let Some(cfg) = crate::ami::AmiConfig::from_settings(&settings.ami) {
+        let addr = cfg.addr();
+        let cancel = CancellationToken::new();
+        let (client, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
+        let task = tokio::spawn(task);
+        match client.asterisk_version().await {
+            Ok(version) => println!("ami: ok (Asterisk {version} at {addr})"),
+            Err(e) => {
+                ok = false;
+                println!("ami: failed: {e}");
+            }
+        }
+        cancel.cancel();
+        let _ = task.await;
     }
     if ok { 0 } else { 1 }
 }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub login_limiter: Arc<crate::users::limiter::LoginLimiter>,
     /// Cancelled at shutdown (ends live connections).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Extensions provisioner (PJSIP file, reload, verification), when running.
+    pub extensions: Option<Arc<crate::extensions::Provisioner>>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             kavkom: None,
             login_limiter: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            extensions: None,
         }
     }
 }

@@ -1,0 +1,346 @@
+//! `/extensions` routes: CRUD (changes need the admin role), lookup by number, and the
+//! registration status from Asterisk. Bodies are read as bytes and validated field by field
+//! (400 when not a JSON object, 422 naming the field, 409 on a duplicate number). After each
+//! committed change the provisioner is woken.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension as Ext, Json, Router};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::model::{Extension, Provisioning};
+use super::password::{generate_password, password_digest};
+use super::store;
+use super::validate::{self, ExtensionInput};
+use crate::ami::AmiError;
+use crate::ari::AriError;
+use crate::db::{DbError, format_time};
+use crate::http::AppState;
+use crate::http::auth::Principal;
+use crate::http::calls::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::http::error::ApiError;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/extensions", get(list).post(create))
+        .route("/extensions/by-number/{extension}", get(by_number))
+        .route(
+            "/extensions/{id}",
+            get(one).put(replace).patch(patch).delete(remove),
+        )
+        .route("/extensions/{id}/status", get(status))
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| ApiError::bad_param("id", format!("id must be a UUID, got {id:?}")))
+}
+
+fn conflict(e: DbError, number: &str) -> ApiError {
+    match e {
+        DbError::Conflict { .. } => ApiError::Conflict {
+            field: Some("extension".into()),
+            message: format!("extension {number} already exists"),
+        },
+        e => ApiError::Db(e),
+    }
+}
+
+fn wake(state: &AppState) {
+    if let Some(p) = &state.extensions {
+        p.changed();
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let int = |k: &str, d: i64, min: i64, max: i64| -> Result<i64, ApiError> {
+        match q.get(k) {
+            None => Ok(d),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_param(
+                    k,
+                    format!("{k} must be a whole number from {min} to {max}, got {v:?}"),
+                )),
+            },
+        }
+    };
+    let limit = int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
+    let offset = int("offset", 0, 0, i64::MAX)?;
+    let (items, total) =
+        store::list(&state.db, q.get("q").map(String::as_str), limit, offset).await?;
+    let items: Vec<Value> = items.iter().map(Extension::to_json).collect();
+    Ok(Json(
+        json!({ "items": items, "total": total, "limit": limit, "offset": offset }),
+    ))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(load(&state, &id).await?.to_json()))
+}
+
+async fn by_number(
+    State(state): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate::check_extension(&number).map_err(|e| ApiError::bad_param("extension", e.message))?;
+    let e = store::get_by_number(&state.db, &number)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("extension {number}")))?;
+    Ok(Json(e.to_json()))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Extension, ApiError> {
+    check_id(id)?;
+    store::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("extension {id}")))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Ext(principal): Ext<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    let body = validate::parse_body(&body)?;
+    let input = validate::input(&body, None, false, &state.settings.pjsip.pjsip_transports.0)?;
+    let generated = input
+        .password
+        .is_none()
+        .then(|| generate_password(&input.extension));
+    let password = input
+        .password
+        .clone()
+        .or_else(|| generated.clone())
+        .expect("password given or generated");
+    let now = Utc::now();
+    let realm = state.settings.pjsip.pjsip_realm.clone();
+    let e = Extension {
+        id: uuid::Uuid::new_v4().to_string(),
+        password_digest: password_digest(&input.extension, &realm, &password),
+        realm,
+        revision: 1,
+        provisioning: Provisioning::pending(),
+        created_at: now,
+        updated_at: now,
+        ..from_input(input)
+    };
+    store::insert(&state.db, &e)
+        .await
+        .map_err(|err| conflict(err, &e.extension))?;
+    wake(&state);
+    tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension created");
+    let mut body = e.to_json();
+    if let Some(pw) = generated {
+        // Returned once, here; only its digest is stored.
+        body["password"] = json!(pw.expose());
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/extensions/{}", e.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(body)).into_response())
+}
+
+/// An extension with the input's fields (id, digest, times filled by the caller).
+fn from_input(i: ExtensionInput) -> Extension {
+    Extension {
+        id: String::new(),
+        extension: i.extension,
+        display_name: i.display_name,
+        context: i.context,
+        transport: i.transport,
+        codecs: i.codecs,
+        max_contacts: i.max_contacts,
+        enabled: i.enabled,
+        realm: String::new(),
+        password_digest: Default::default(),
+        revision: 0,
+        provisioning: Provisioning::pending(),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+async fn change(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    body: &[u8],
+    partial: bool,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let old = load(state, id).await?;
+    let body = validate::parse_body(body)?;
+    let input = validate::input(
+        &body,
+        Some(&old),
+        partial,
+        &state.settings.pjsip.pjsip_transports.0,
+    )?;
+    let (realm, digest) = match &input.password {
+        Some(pw) => {
+            let realm = state.settings.pjsip.pjsip_realm.clone();
+            let d = password_digest(&input.extension, &realm, pw);
+            (realm, d)
+        }
+        None => (old.realm.clone(), old.password_digest.clone()),
+    };
+    let mut e = Extension {
+        id: old.id.clone(),
+        realm,
+        password_digest: digest,
+        created_at: old.created_at,
+        updated_at: Utc::now(),
+        ..from_input(input)
+    };
+    let revision = store::update(&state.db, &e)
+        .await
+        .map_err(|err| conflict(err, &e.extension))?;
+    let Some(revision) = revision else {
+        return Err(ApiError::NotFound(format!("extension {id}")));
+    };
+    e.revision = revision;
+    if let Some(p) = &state.extensions {
+        if old.extension != e.extension {
+            p.deleted(&old.extension);
+        }
+        p.changed();
+    }
+    tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension updated");
+    Ok(Json(e.to_json()))
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    Ext(principal): Ext<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    change(&state, &principal, &id, &body, false).await
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Ext(principal): Ext<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    change(&state, &principal, &id, &body, true).await
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Ext(principal): Ext<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    check_id(&id)?;
+    let e = store::delete(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("extension {id}")))?;
+    if let Some(p) = &state.extensions {
+        p.deleted(&e.extension);
+    }
+    tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /extensions/{id}/status`: `{"extension", "registered", "state": online|offline|unknown,
+/// "contacts": [{"uri", "userAgent", "status", "rttMs", "expiresAt"}], "activeChannels",
+/// "provisioning"}`. From AMI `PJSIPShowEndpoint` (its `ContactStatusDetail` events) when AMI
+/// is configured, else ARI `GET /ari/endpoints/PJSIP/{ext}`. When Asterisk cannot be asked,
+/// `state` is `unknown` and `pbxError` says why.
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = load(&state, &id).await?;
+    let Some(p) = &state.extensions else {
+        return Err(ApiError::Unavailable(
+            "extension provisioning is not running".into(),
+        ));
+    };
+    let mut out = json!({
+        "extension": e.extension,
+        "registered": false,
+        "state": "unknown",
+        "contacts": [],
+        "activeChannels": 0,
+        "provisioning": e.provisioning.to_json(),
+    });
+    if let Some(ami) = p.ami() {
+        match ami.pjsip_show_endpoint(&e.extension).await {
+            Ok(None) => {}
+            Ok(Some(d)) => {
+                let online = d
+                    .contacts
+                    .iter()
+                    .any(|c| matches!(c.status.as_str(), "Reachable" | "NonQualified"));
+                out["registered"] = json!(!d.contacts.is_empty());
+                out["state"] = json!(if online { "online" } else { "offline" });
+                out["activeChannels"] = json!(d.active_channels);
+                out["contacts"] = d
+                    .contacts
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "uri": c.uri,
+                            "userAgent": c.user_agent,
+                            "status": c.status,
+                            "rttMs": c.rtt_usec.map(|u| u as f64 / 1000.0),
+                            "expiresAt": c.expires_at.as_ref().map(format_time),
+                        })
+                    })
+                    .collect();
+            }
+            Err(
+                err @ (AmiError::Unreachable { .. }
+                | AmiError::Timeout { .. }
+                | AmiError::Disconnected(_)
+                | AmiError::LoginFailed(_)),
+            ) => {
+                out["pbxError"] = json!(err.to_string());
+            }
+            Err(err) => {
+                tracing::warn!(extension = %e.extension, "AMI PJSIPShowEndpoint failed: {err}");
+                out["pbxError"] = json!(err.to_string());
+            }
+        }
+    } else {
+        match p.ari().endpoint("PJSIP", &e.extension).await {
+            Ok(ep) => {
+                let online = ep.state.as_deref() == Some("online");
+                out["registered"] = json!(online);
+                out["state"] = json!(if online { "online" } else { "offline" });
+                out["activeChannels"] = json!(ep.channel_ids.len());
+                if let Some(live) = state
+                    .hub
+                    .extension_states()
+                    .into_iter()
+                    .find(|s| s.extension == e.extension)
+                {
+                    out["contacts"] = json!(live.contacts);
+                }
+            }
+            Err(AriError::NotFound { .. }) => {}
+            Err(err) => out["pbxError"] = json!(err.to_string()),
+        }
+    }
+    Ok(Json(out))
+}
