@@ -124,7 +124,7 @@ async fn main() {
             clients.push(tokio::spawn(async move {
                 let mut ws = ws;
                 while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
                         if !t.contains("\"snapshot\"") {
                             arrivals.lock().unwrap().push((idx, Instant::now()));
                         }

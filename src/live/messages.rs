@@ -11,6 +11,7 @@
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -73,25 +74,49 @@ fn frame(name: &str, data: Value) -> String {
     json!({ "event": name, "data": data }).to_string()
 }
 
-/// The message for `event`, as JSON text, when `filter` wants it.
-pub fn render(event: &LiveEvent, locale: Locale, filter: &Filter) -> Option<String> {
-    match event {
-        LiveEvent::Call(u) => {
-            if !filter.wants_call(&u.record) {
-                return None;
-            }
-            let (name, data) = call_message(u, locale)?;
-            filter.wants(name).then(|| frame(name, data))
-        }
-        LiveEvent::Extension(s) => {
-            if filter.extension.as_ref().is_some_and(|e| e != &s.extension)
-                || !filter.wants("extension_status")
-            {
-                return None;
-            }
-            Some(frame("extension_status", serde_json::to_value(s).ok()?))
+/// The message for `event`, as JSON text, when `filter` wants it. The text is built once
+/// per event and locale and shared by every client (see [`message`]).
+pub fn render(event: &Arc<LiveEvent>, locale: Locale, filter: &Filter) -> Option<Arc<str>> {
+    let wanted = match &**event {
+        LiveEvent::Call(u) => filter.wants_call(&u.record),
+        LiveEvent::Extension(s) => filter.extension.as_ref().is_none_or(|e| e == &s.extension),
+    };
+    if !wanted {
+        return None;
+    }
+    let (name, text) = message(event, locale)?;
+    filter.wants(name).then_some(text)
+}
+
+type Rendered = Option<(&'static str, Arc<str>)>;
+
+/// The last event rendered, per locale: a fan-out to many clients renders each event once.
+/// Held weakly and compared by identity, so a freed event can never be mistaken for a new one.
+static LAST: Mutex<Vec<(Locale, Weak<LiveEvent>, Rendered)>> = Mutex::new(Vec::new());
+
+/// The message name and JSON text of `event` (None when the UI does not need it).
+pub fn message(event: &Arc<LiveEvent>, locale: Locale) -> Rendered {
+    if let Ok(last) = LAST.lock() {
+        if let Some((_, _, r)) = last
+            .iter()
+            .find(|(l, w, _)| *l == locale && w.upgrade().is_some_and(|e| Arc::ptr_eq(&e, event)))
+        {
+            return r.clone();
         }
     }
+    let rendered: Rendered = match &**event {
+        LiveEvent::Call(u) => {
+            call_message(u, locale).map(|(name, data)| (name, Arc::from(frame(name, data))))
+        }
+        LiveEvent::Extension(s) => serde_json::to_value(s)
+            .ok()
+            .map(|v| ("extension_status", Arc::from(frame("extension_status", v)))),
+    };
+    if let Ok(mut last) = LAST.lock() {
+        last.retain(|(l, _, _)| *l != locale);
+        last.push((locale, Arc::downgrade(event), rendered.clone()));
+    }
+    rendered
 }
 
 /// Maps a call update to its message name and data (None for changes the UI does not need).
