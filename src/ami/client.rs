@@ -285,47 +285,48 @@ impl AmiClient {
 
     /// `PJSIPShowEndpoints`: the names of every PJSIP endpoint Asterisk has loaded.
     pub async fn pjsip_endpoint_names(&self) -> Result<Vec<String>, AmiError> {
-        let reply = self.send(Message::action("PJSIPShowEndpoints")).await?;
-        if !reply.is_success() {
-            if reply.message().contains("No endpoints found") {
-                return Ok(Vec::new());
-            }
-            return Err(AmiError::Failed {
-                action: "PJSIPShowEndpoints".into(),
-                message: reply.message().into(),
-            });
-        }
-        Ok(reply
-            .events
+        let events = self
+            .list("PJSIPShowEndpoints", "No endpoints found", "EndpointList")
+            .await?;
+        Ok(events
             .iter()
-            .filter(|e| {
-                e.event()
-                    .is_some_and(|n| n.eq_ignore_ascii_case("EndpointList"))
-            })
             .filter_map(|e| e.get("ObjectName").map(str::to_string))
             .collect())
     }
 
     /// `PJSIPShowContacts`: every registered or static contact.
     pub async fn pjsip_show_contacts(&self) -> Result<Vec<Contact>, AmiError> {
-        let reply = self.send(Message::action("PJSIPShowContacts")).await?;
+        let events = self
+            .list("PJSIPShowContacts", "No Contacts found", "ContactList")
+            .await?;
+        Ok(events.iter().filter_map(Contact::from_event).collect())
+    }
+
+    /// Runs a list action and returns its `item_event` events: an empty list when Asterisk
+    /// answers `none_found`, [`AmiError::Failed`] for any other error response.
+    async fn list(
+        &self,
+        action: &str,
+        none_found: &str,
+        item_event: &str,
+    ) -> Result<Vec<Message>, AmiError> {
+        let reply = self.send(Message::action(action)).await?;
         if !reply.is_success() {
-            if reply.message().contains("No Contacts found") {
+            if reply.message().contains(none_found) {
                 return Ok(Vec::new());
             }
             return Err(AmiError::Failed {
-                action: "PJSIPShowContacts".into(),
+                action: action.into(),
                 message: reply.message().into(),
             });
         }
         Ok(reply
             .events
-            .iter()
+            .into_iter()
             .filter(|e| {
                 e.event()
-                    .is_some_and(|n| n.eq_ignore_ascii_case("ContactList"))
+                    .is_some_and(|n| n.eq_ignore_ascii_case(item_event))
             })
-            .filter_map(Contact::from_event)
             .collect())
     }
 }

@@ -37,9 +37,7 @@ fn record(i: i64, direction: Direction, status: CallStatus, ext: &str, from: &st
 }
 
 async fn start(db: &TestDb) -> (pbxbridge::app::Running, String) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ari = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    let ari = crate::support::unreachable_url();
     let settings = support::settings(&[
         "--database-url",
         &db.url,

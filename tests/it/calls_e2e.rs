@@ -10,9 +10,8 @@ use chrono::{DateTime, Utc};
 use pbxbridge::calls::ingest::Pipeline;
 use pbxbridge::calls::store::{self, CallFilter};
 use pbxbridge::calls::tracker::{AgentMatcher, Tracker};
-use pbxbridge::calls::{CallRecord, CallState, writer};
+use pbxbridge::calls::{CallRecord, CallState};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::fake_asterisk::{Fake, PASS, USER};
 use crate::support::{self, TestDb};
@@ -263,42 +262,18 @@ fn clone_msg(m: &pbxbridge::ari::stream::AriMessage) -> pbxbridge::ari::stream::
     }
 }
 
-/// Feeds messages through a pipeline with a writer into `db`, and waits until written.
-async fn feed(db: &TestDb, msgs: Vec<pbxbridge::ari::stream::AriMessage>) {
-    let (handle, rx) = writer::channel();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(writer::run(
-        db.db.clone(),
-        rx,
-        handle.stats().clone(),
-        cancel.clone(),
-    ));
-    let mut p = Pipeline::new(
-        Tracker::new(AgentMatcher::default()),
-        Some(handle),
-        None,
-        None,
-    );
-    for m in msgs {
-        p.handle(m);
-    }
-    drop(p);
-    cancel.cancel();
-    task.await.unwrap();
-}
-
 /// Replaying every capture twice leaves the same rows (idempotent on source + linkedid).
 #[tokio::test]
 async fn replay_twice_leaves_the_same_rows() {
     for db in support::both().await {
         let dirs = ["inbound-answered", "burst", "reconnect", "blind-transfer"];
         for d in dirs {
-            feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
+            support::feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
         }
         let first = all_records(&db).await;
         assert_eq!(first.len(), 8);
         for d in dirs {
-            feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
+            support::feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
         }
         let second = all_records(&db).await;
         assert_eq!(first.len(), second.len(), "{}", db.backend);
@@ -328,7 +303,7 @@ async fn restart_mid_call_finishes_the_same_record() {
                 received_at: Utc::now(),
             });
         }
-        feed(&db, before).await;
+        support::feed(&db, before).await;
         let open = store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk)
             .await
             .unwrap();
@@ -370,7 +345,7 @@ async fn call_that_vanished_while_down_is_finished_as_reconstructed() {
                 received_at: Utc::now(),
             });
         }
-        feed(&db, before).await;
+        support::feed(&db, before).await;
         assert_eq!(
             store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk)
                 .await
@@ -446,10 +421,7 @@ async fn malformed_frames_are_skipped() {
 #[tokio::test]
 async fn serves_the_api_without_asterisk() {
     let db = support::sqlite().await;
-    // A port nothing listens on.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    let url = support::unreachable_url();
     let running = pbxbridge::app::start(serve_settings(&db, &url))
         .await
         .unwrap();

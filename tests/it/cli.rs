@@ -124,9 +124,7 @@ fn replay_stores_unless_dry_run_and_twice_is_the_same() {
 #[test]
 fn check_reports_each_component() {
     let tmp = tempfile::tempdir().unwrap();
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ari = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    let ari = crate::support::unreachable_url();
     let out = pbxbridge()
         .env(
             "DATABASE_URL",

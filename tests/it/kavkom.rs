@@ -1313,9 +1313,7 @@ async fn kavkom_serve_runs_sync_and_poller_and_stops() {
     *fake.st.active.lock().unwrap() = vec![
         json!({"uuid": "live-9", "direction": "outbound", "caller_id_number": "102", "destination_number": "+15550100", "state": "ACTIVE"}),
     ];
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ari = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    let ari = crate::support::unreachable_url();
     let url = fake.url();
     let settings = support::settings(&[
         "--database-url",

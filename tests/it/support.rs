@@ -128,3 +128,41 @@ pub fn settings(args: &[&str]) -> Settings {
 pub fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
+
+/// An `http://` URL where nothing listens (a daemon pointed at it runs without Asterisk).
+pub fn unreachable_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+/// Feeds messages through the call pipeline and the writer into `db`, and waits until every
+/// record is written (what `replay` does, without printing).
+pub async fn feed(db: &TestDb, msgs: Vec<pbxbridge::ari::stream::AriMessage>) {
+    use pbxbridge::calls::{ingest::Pipeline, tracker::Tracker, writer};
+    let (handle, rx) = writer::channel();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(writer::run(
+        db.db.clone(),
+        rx,
+        handle.stats().clone(),
+        cancel.clone(),
+    ));
+    let mut p = Pipeline::new(Tracker::new(Default::default()), Some(handle), None, None);
+    for m in msgs {
+        p.handle(m);
+    }
+    drop(p);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// [`feed`] of one capture directory of `tests/fixtures/captures`.
+pub async fn feed_capture(db: &TestDb, name: &str) {
+    feed(
+        db,
+        pbxbridge::ari::capture::load(&fixtures().join("captures").join(name)).unwrap(),
+    )
+    .await;
+}

@@ -13,9 +13,7 @@ use crate::support::{self, TestDb};
 const SECRET: &str = "jwt-secret-for-tests-0123456789";
 
 async fn daemon(db: &TestDb) -> (pbxbridge::app::Running, String) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ari = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    let ari = support::unreachable_url();
     let running = pbxbridge::app::start(support::settings(&[
         "--database-url",
         &db.url,
@@ -223,28 +221,7 @@ async fn login_is_off_without_jwt_secret() {
 async fn csv_export_and_stats() {
     for db in support::both().await {
         for d in ["inbound-answered", "burst", "outbound-busy", "internal"] {
-            let msgs = pbxbridge::ari::capture::load(&support::fixtures().join("captures").join(d))
-                .unwrap();
-            let (h, rx) = pbxbridge::calls::writer::channel();
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let task = tokio::spawn(pbxbridge::calls::writer::run(
-                db.db.clone(),
-                rx,
-                h.stats().clone(),
-                cancel.clone(),
-            ));
-            let mut p = pbxbridge::calls::ingest::Pipeline::new(
-                pbxbridge::calls::tracker::Tracker::new(Default::default()),
-                Some(h),
-                None,
-                None,
-            );
-            for m in msgs {
-                p.handle(m);
-            }
-            drop(p);
-            cancel.cancel();
-            task.await.unwrap();
+            support::feed_capture(&db, d).await;
         }
         let (running, base) = daemon(&db).await;
         let client = reqwest::Client::new();
