@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pbxbridge::ari::capture;
 use pbxbridge::ari::stream::AriMessage;
 use pbxbridge::calls::ingest::Pipeline;
 use pbxbridge::calls::tracker::{AgentMatcher, Tracker};
@@ -51,10 +50,7 @@ fn parse_apply() -> f64 {
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(3) {
         for f in &frames {
-            p.handle(AriMessage::Frame {
-                text: f.clone(),
-                received_at: chrono::Utc::now(),
-            });
+            p.handle(AriMessage::frame(f.clone()));
         }
         n += frames.len() as u64;
     }
@@ -74,10 +70,7 @@ fn call_copies(n: usize) -> Vec<AriMessage> {
     for i in 0..n {
         let copy = text.replace("1795279489.", &format!("9{i:09}."));
         for line in copy.lines() {
-            out.push(AriMessage::Frame {
-                text: line.to_string(),
-                received_at: chrono::Utc::now(),
-            });
+            out.push(AriMessage::frame(line.to_string()));
         }
     }
     out

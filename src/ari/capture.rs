@@ -48,10 +48,7 @@ fn read(path: &Path) -> Result<String, CaptureError> {
 
 fn frames(text: &str, out: &mut Vec<AriMessage>) {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        out.push(AriMessage::Frame {
-            text: line.to_string(),
-            received_at: Utc::now(),
-        });
+        out.push(AriMessage::frame(line.to_string()));
     }
 }
 

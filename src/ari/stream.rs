@@ -17,7 +17,7 @@ use super::client::{AriClient, AriError};
 use super::models::{Bridge, Channel};
 
 /// What the events connection feeds to the call pipeline, in order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum AriMessage {
     /// A new connection is up: channels known before it must be confirmed by the resync.
     Connected,
@@ -27,6 +27,8 @@ pub enum AriMessage {
         text: String,
         /// When it was read (UTC).
         received_at: DateTime<Utc>,
+        /// When it was read (monotonic; the start of the live fan-out latency).
+        arrived: Instant,
     },
     /// Asterisk's state right after the connect (`GET /ari/channels`, `GET /ari/bridges`).
     Resync {
@@ -39,6 +41,17 @@ pub enum AriMessage {
     },
     /// The connection dropped.
     Disconnected,
+}
+
+impl AriMessage {
+    /// A frame read just now.
+    pub fn frame(text: String) -> Self {
+        AriMessage::Frame {
+            text,
+            received_at: Utc::now(),
+            arrived: Instant::now(),
+        }
+    }
 }
 
 /// Connection state, for `/health` and logs.
@@ -229,10 +242,7 @@ async fn pump(
         };
         match msg {
             Some(Ok(Message::Text(text))) => {
-                let _ = tx.send(AriMessage::Frame {
-                    text: text.to_string(),
-                    received_at: Utc::now(),
-                });
+                let _ = tx.send(AriMessage::frame(text.to_string()));
             }
             Some(Ok(Message::Ping(p))) => {
                 let _ = ws.send(Message::Pong(p)).await;

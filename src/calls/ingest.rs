@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,7 @@ impl Pipeline {
     /// Handles one message; returns the call updates it produced (also sent to the outputs).
     pub fn handle(&mut self, msg: AriMessage) -> &[CallUpdate] {
         self.updates.clear();
+        let mut origin = Instant::now();
         match msg {
             AriMessage::Connected => self.tracker.connection_started(),
             AriMessage::Disconnected => {}
@@ -81,10 +83,11 @@ impl Pipeline {
                 self.tracker
                     .resync(&channels, &bridges, at, &mut self.updates);
             }
-            AriMessage::Frame { text, .. } => {
+            AriMessage::Frame { text, arrived, .. } => {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                origin = arrived;
                 match events::parse(&text) {
-                    Ok(ev) => self.event(&ev),
+                    Ok(ev) => self.event(&ev, arrived),
                     Err(e) => {
                         self.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
                         let mut excerpt: String = text.chars().take(160).collect();
@@ -102,13 +105,13 @@ impl Pipeline {
                 w.write(u.record.clone());
             }
             if let Some(h) = &self.hub {
-                h.publish_call(u);
+                h.publish_call_from(u, origin);
             }
         }
         &self.updates
     }
 
-    fn event(&mut self, ev: &Event) {
+    fn event(&mut self, ev: &Event, arrived: Instant) {
         match ev {
             Event::StasisStart { channel, args, .. } => {
                 tracing::info!(channel = %channel.name, id = %channel.id, caller = %channel.caller.number, args = ?args, "StasisStart");
@@ -135,7 +138,7 @@ impl Pipeline {
             | Event::EndpointStateChange { endpoint, .. } => {
                 if let Some(hub) = &self.hub {
                     if self.tracker.agents().is_agent(&endpoint.resource) {
-                        hub.apply_registration(ev);
+                        hub.apply_registration(ev, arrived);
                     }
                 }
             }

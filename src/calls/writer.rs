@@ -2,6 +2,9 @@
 //! batches (one transaction per batch, latest snapshot of each call wins). When the
 //! database fails it keeps the batch and retries with backoff, so nothing is lost and the
 //! ARI reader is never slowed down. The queue length is the lag, exposed on `/health`.
+//! A record waits at most [`GATHER`] (plus the transaction) before it is written: the
+//! records of a burst share one transaction, and the disk work comes after the live
+//! fan-out of the same events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +18,9 @@ use uuid::Uuid;
 use super::model::CallRecord;
 use super::store;
 use crate::db::Db;
+
+/// How long the writer gathers records after the first of a batch arrives (20 ms).
+pub const GATHER: Duration = Duration::from_millis(20);
 
 /// Counters of the writer (shared with `/health`).
 #[derive(Debug, Default)]
@@ -104,6 +110,12 @@ pub async fn run(
             };
             let Some(first) = first else { return };
             batch.push(first);
+            // Group commit: let the rest of the burst arrive (and the live fan-out, which
+            // is latency-bound, run first) before taking the disk.
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = cancel.cancelled() => {}
+            }
         }
         while batch.records.len() < BATCH {
             match rx.try_recv() {

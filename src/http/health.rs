@@ -1,4 +1,6 @@
-//! `GET /health` (no token): database and ARI state, pipeline counters. 200 when the
+//! `GET /health` (no token): database and ARI state, pipeline counters, live fan-out
+//! counters and latency (`live`: `{written, resyncs, slowClosed, latency: {count, p50Ms,
+//! p99Ms, maxMs}}`, from the ARI frame arriving to the UI message written). 200 when the
 //! database answers, 503 otherwise; the ARI state is reported, not required.
 
 use std::sync::atomic::Ordering;
@@ -40,6 +42,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         },
         "activeCalls": state.hub.active_calls().len(),
         "liveSubscribers": state.hub.subscribers(),
+        "live": state.hub.stats().to_json(),
     });
     let status = if db.is_ok() {
         StatusCode::OK

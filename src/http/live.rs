@@ -2,12 +2,15 @@
 //! Both need a token (header, or `?token=` for browsers; 401 before any upgrade), check the
 //! `Origin` against `CORS_ORIGINS`, accept `?extension=` and `?events=` filters, and start
 //! with a `snapshot`. A client that falls behind the hub's buffer gets `resync` and a fresh
-//! snapshot; a client whose socket does not drain within 5 s is closed, so a slow client
-//! never slows the daemon or the others. The WebSocket is pinged every 30 s and dropped when
-//! no pong came back for 75 s.
+//! snapshot; a client whose socket does not drain within 5 s is closed (code 1008, with the
+//! reason), so a slow client never slows the daemon or the others. The WebSocket is pinged
+//! every 30 s and dropped when no pong came back for 75 s. Each message written is counted
+//! with its latency in the hub's [`crate::live::FanoutStats`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -17,12 +20,15 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::AppState;
 use super::error::ApiError;
 use crate::live::messages::{self, Filter};
+use crate::live::{RecvError, Subscription};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_TIMEOUT: Duration = Duration::from_secs(75);
@@ -79,70 +85,144 @@ async fn ws(
         .into_response())
 }
 
-async fn send(socket: &mut WebSocket, text: impl AsRef<str>) -> bool {
-    let msg = Message::Text(text.as_ref().into());
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
+/// What the reading half asks the writing half of a WebSocket client to send.
+enum Control {
+    Ping,
+    Snapshot,
+    Close(u16, &'static str),
 }
 
-async fn client(mut socket: WebSocket, state: AppState, filter: Filter) {
-    let locale = state.settings.core.ui_locale;
-    // Subscribe before the snapshot, so nothing falls between them.
-    let mut rx = state.hub.subscribe();
-    if !send(&mut socket, messages::snapshot(&state.hub, locale, &filter)).await {
-        return;
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Sends `msg`, giving up after [`SEND_TIMEOUT`]. The timer is only armed when the socket
+/// does not take the message at once (the common case costs no timer).
+async fn send(sink: &mut Sink, msg: Message) -> bool {
+    let mut sending = std::pin::pin!(sink.send(msg));
+    let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r.is_ok(),
+        Poll::Pending => matches!(
+            tokio::time::timeout(SEND_TIMEOUT, sending).await,
+            Ok(Ok(()))
+        ),
     }
+}
+
+/// One WebSocket client. The socket is split: this task reads (pongs, `snapshot` requests,
+/// close) and pings; a writer task owns the sending half and the hub subscription, so an
+/// event wakes exactly one task per client and nothing else is polled on the hot path.
+async fn client(socket: WebSocket, state: AppState, filter: Filter) {
+    // Subscribe before the snapshot, so nothing falls between them.
+    let rx = state.hub.subscribe();
+    let (sink, mut stream) = socket.split();
+    let (ctl, ctl_rx) = mpsc::channel(4);
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
+        sink,
+        rx,
+        ctl_rx,
+        state.clone(),
+        filter,
+    )));
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_pong = Instant::now();
-    let reason = loop {
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let close = loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Ok(ev) => {
-                    if let Some(text) = messages::render(&ev, locale, &filter) {
-                        if !send(&mut socket, text).await {
-                            break "too slow: send timed out";
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "live client fell behind; sending resync");
-                    if !send(&mut socket, messages::resync(missed)).await
-                        || !send(&mut socket, messages::snapshot(&state.hub, locale, &filter)).await
-                    {
-                        break "too slow: send timed out";
-                    }
-                }
-                Err(RecvError::Closed) => break "shutting down",
-            },
-            _ = state.shutdown.cancelled() => break "shutting down",
+            _ = &mut shutdown => break Some((1001, "shutting down")),
+            _ = &mut writer => return,
             _ = ping.tick() => {
                 if last_pong.elapsed() > PONG_TIMEOUT {
-                    break "no pong";
+                    break Some((1008, "no pong"));
                 }
-                if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.is_err() {
-                    break "too slow: ping timed out";
-                }
+                let _ = ctl.try_send(Control::Ping);
             }
-            msg = socket.recv() => match msg {
+            msg = stream.next() => match msg {
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 Some(Ok(Message::Text(t))) if t.as_str().trim() == "snapshot" => {
-                    if !send(&mut socket, messages::snapshot(&state.hub, locale, &filter)).await {
-                        break "too slow: send timed out";
-                    }
+                    last_pong = Instant::now();
+                    let _ = ctl.try_send(Control::Snapshot);
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => last_pong = Instant::now(),
             },
         }
     };
-    tracing::debug!(reason, "live WebSocket client closed");
+    match close {
+        Some((code, reason)) => {
+            tracing::debug!(reason, "closing live WebSocket client");
+            let _ = ctl.send(Control::Close(code, reason)).await;
+            let _ = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), writer).await;
+        }
+        None => tracing::debug!("live WebSocket client went away"),
+    }
+}
+
+/// The sending half of a client: the snapshot, then every event the filter wants, resync
+/// when the client fell behind the hub, and what the reading half asks for. Ends (closing
+/// the socket with a reason) when a send does not complete within [`SEND_TIMEOUT`].
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: Subscription,
+    mut ctl: mpsc::Receiver<Control>,
+    state: AppState,
+    filter: Filter,
+) {
+    let hub = &state.hub;
+    let stats = hub.stats();
+    let locale = state.settings.core.ui_locale;
+    let snapshot = |hub| Message::Text(messages::snapshot(hub, locale, &filter).into());
+    if !send(&mut sink, snapshot(hub)).await {
+        return;
+    }
+    let (code, reason) = loop {
+        tokio::select! {
+            biased;
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if let Some(text) = messages::render(&ev, locale, &filter) {
+                        if !send(&mut sink, Message::Text(text)).await {
+                            break (1008, "too slow: send timed out");
+                        }
+                        stats.record_written(ev.origin.elapsed());
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "live client fell behind; sending resync");
+                    stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    if !send(&mut sink, Message::Text(messages::resync(missed).into())).await
+                        || !send(&mut sink, snapshot(hub)).await
+                    {
+                        break (1008, "too slow: send timed out");
+                    }
+                }
+                Err(RecvError::Closed) => break (1001, "shutting down"),
+            },
+            c = ctl.recv() => match c {
+                Some(Control::Ping) => {
+                    if !send(&mut sink, Message::Ping(Vec::new().into())).await {
+                        break (1008, "too slow: ping timed out");
+                    }
+                }
+                Some(Control::Snapshot) => {
+                    if !send(&mut sink, snapshot(hub)).await {
+                        break (1008, "too slow: send timed out");
+                    }
+                }
+                Some(Control::Close(code, reason)) => break (code, reason),
+                None => return,
+            },
+        }
+    };
+    if code == 1008 {
+        stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason, "closing a live WebSocket client");
+    }
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        socket.send(Message::Close(Some(CloseFrame {
-            code: 1008,
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
             reason: reason.into(),
         }))),
     )
@@ -172,9 +252,11 @@ async fn sse(
                 Ok(ev) => {
                     if let Some(text) = messages::render(&ev, locale, &filter) {
                         yield Ok(data(&text));
+                        hub.stats().record_written(ev.origin.elapsed());
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
+                    hub.stats().resyncs.fetch_add(1, Ordering::Relaxed);
                     yield Ok(data(&messages::resync(missed)));
                     yield Ok(data(&messages::snapshot(&hub, locale, &filter)));
                 }

@@ -11,12 +11,12 @@
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
 
+use axum::extract::ws::Utf8Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::{Hub, LiveEvent};
+use super::{Hub, LiveEvent, Published};
 use crate::calls::tracker::{CallChange, CallUpdate};
 use crate::calls::{CallRecord, Direction, labels};
 use crate::config::Locale;
@@ -75,9 +75,10 @@ fn frame(name: &str, data: Value) -> String {
 }
 
 /// The message for `event`, as JSON text, when `filter` wants it. The text is built once
-/// per event and locale and shared by every client (see [`message`]).
-pub fn render(event: &Arc<LiveEvent>, locale: Locale, filter: &Filter) -> Option<Arc<str>> {
-    let wanted = match &**event {
+/// per event (by the first client to ask) and shared by every client: cloning it is a
+/// reference-count increment.
+pub fn render(event: &Published, locale: Locale, filter: &Filter) -> Option<Utf8Bytes> {
+    let wanted = match &event.event {
         LiveEvent::Call(u) => filter.wants_call(&u.record),
         LiveEvent::Extension(s) => filter.extension.as_ref().is_none_or(|e| e == &s.extension),
     };
@@ -88,35 +89,32 @@ pub fn render(event: &Arc<LiveEvent>, locale: Locale, filter: &Filter) -> Option
     filter.wants(name).then_some(text)
 }
 
-type Rendered = Option<(&'static str, Arc<str>)>;
+/// A message name and its JSON text, or None when the UI does not need the event.
+pub type Rendered = Option<(&'static str, Utf8Bytes)>;
 
-/// The last event rendered, per locale: a fan-out to many clients renders each event once.
-/// Held weakly and compared by identity, so a freed event can never be mistaken for a new one.
-static LAST: Mutex<Vec<(Locale, Weak<LiveEvent>, Rendered)>> = Mutex::new(Vec::new());
-
-/// The message name and JSON text of `event` (None when the UI does not need it).
-pub fn message(event: &Arc<LiveEvent>, locale: Locale) -> Rendered {
-    if let Ok(last) = LAST.lock() {
-        if let Some((_, _, r)) = last
-            .iter()
-            .find(|(l, w, _)| *l == locale && w.upgrade().is_some_and(|e| Arc::ptr_eq(&e, event)))
-        {
-            return r.clone();
-        }
+/// The message name and JSON text of `event` (None when the UI does not need it), rendered
+/// once per event and kept with it.
+pub fn message(event: &Published, locale: Locale) -> Rendered {
+    let (l, rendered) = event
+        .rendered
+        .get_or_init(|| (locale, render_event(&event.event, locale)));
+    if *l == locale {
+        rendered.clone()
+    } else {
+        // Only one UI locale is configured per daemon; another one is rendered on its own.
+        render_event(&event.event, locale)
     }
-    let rendered: Rendered = match &**event {
+}
+
+fn render_event(event: &LiveEvent, locale: Locale) -> Rendered {
+    match event {
         LiveEvent::Call(u) => {
-            call_message(u, locale).map(|(name, data)| (name, Arc::from(frame(name, data))))
+            call_message(u, locale).map(|(name, data)| (name, Utf8Bytes::from(frame(name, data))))
         }
         LiveEvent::Extension(s) => serde_json::to_value(s)
             .ok()
-            .map(|v| ("extension_status", Arc::from(frame("extension_status", v)))),
-    };
-    if let Ok(mut last) = LAST.lock() {
-        last.retain(|(l, _, _)| *l != locale);
-        last.push((locale, Arc::downgrade(event), rendered.clone()));
+            .map(|v| ("extension_status", frame("extension_status", v).into())),
     }
-    rendered
 }
 
 /// Maps a call update to its message name and data (None for changes the UI does not need).

@@ -2,15 +2,24 @@
 //! (WebSocket and SSE clients), plus the set of calls in progress for snapshots and
 //! `GET /calls/active`, and the registration state of every extension (folded from ARI
 //! `PeerStatusChange` / `ContactStatusChange`: an application subscribed to all never gets
-//! `EndpointStateChange`). Publishing never blocks: subscribers that fall behind are told
-//! they lagged (and must reload a snapshot) instead of slowing the daemon.
+//! `EndpointStateChange`). Publishing never blocks: each subscriber has its own bounded
+//! buffer, and one that falls behind is told it lagged (and must reload a snapshot) instead
+//! of slowing the daemon or the other subscribers. Subscribers share no lock on the hot
+//! path: a publish is one `try_send` per subscriber.
+//!
+//! Every published event carries the instant its cause arrived (the ARI frame, or the hosted
+//! PBX poll), so the fan-out can measure its own latency ([`FanoutStats`], on `/health`).
 
 pub mod messages;
+pub mod stats;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use uuid::Uuid;
 
 use crate::calls::CallRecord;
@@ -48,33 +57,110 @@ pub enum LiveEvent {
     Extension(ExtensionStatus),
 }
 
+/// A [`LiveEvent`] as it travels to subscribers: with the instant its cause arrived and its
+/// UI message, rendered once by the first client that needs it and shared by all others.
+#[derive(Debug)]
+pub struct Published {
+    /// What happened.
+    pub event: LiveEvent,
+    /// When the ARI frame (or hosted PBX reply) behind it arrived (monotonic clock).
+    pub origin: Instant,
+    rendered: OnceLock<(crate::config::Locale, messages::Rendered)>,
+}
+
+impl Published {
+    fn new(event: LiveEvent, origin: Instant) -> Arc<Self> {
+        Arc::new(Published {
+            event,
+            origin,
+            rendered: OnceLock::new(),
+        })
+    }
+}
+
+pub use stats::FanoutStats;
+
+/// One subscriber's end of the hub: its bounded buffer and its count of events dropped
+/// because that buffer was full.
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::Sender<Arc<Published>>,
+    lagged: Arc<AtomicU64>,
+}
+
+/// Why [`Subscription::recv`] returned no event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The subscriber fell behind: this many events were dropped (or discarded as stale);
+    /// it must reload a snapshot. The next `recv` returns newer events again.
+    Lagged(u64),
+    /// The hub is gone.
+    Closed,
+}
+
+/// A subscription to everything published after it was made ([`Hub::subscribe`]).
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<Published>>,
+    lagged: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next event, in publish order. After events were dropped for this subscriber,
+    /// returns `Err(Lagged(n))` once, having discarded what was still queued (a snapshot
+    /// taken now covers it).
+    pub async fn recv(&mut self) -> Result<Arc<Published>, RecvError> {
+        let mut missed = self.lagged.swap(0, Ordering::AcqRel);
+        if missed > 0 {
+            while self.rx.try_recv().is_ok() {
+                missed += 1;
+            }
+            return Err(RecvError::Lagged(missed));
+        }
+        self.rx.recv().await.ok_or(RecvError::Closed)
+    }
+}
+
 /// The hub. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
-    tx: broadcast::Sender<Arc<LiveEvent>>,
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    capacity: usize,
     active: Arc<RwLock<HashMap<Uuid, CallRecord>>>,
     extensions: Arc<RwLock<HashMap<String, ExtensionStatus>>>,
+    stats: Arc<FanoutStats>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub::new(4096)
+        Hub::new(1024)
     }
 }
 
 impl Hub {
     /// A hub whose subscribers may fall `capacity` events behind before they lag.
     pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity);
         Hub {
-            tx,
+            subscribers: Arc::default(),
+            capacity: capacity.max(1),
             active: Arc::default(),
             extensions: Arc::default(),
+            stats: Arc::default(),
         }
     }
 
-    /// Publishes a call update and keeps the active-call set current.
+    /// Fan-out counters and latency (shown on `/health`).
+    pub fn stats(&self) -> &FanoutStats {
+        &self.stats
+    }
+
+    /// Publishes a call update and keeps the active-call set current; its cause arrived now.
     pub fn publish_call(&self, update: &CallUpdate) {
+        self.publish_call_from(update, Instant::now());
+    }
+
+    /// Publishes a call update whose cause (an ARI frame) arrived at `origin`.
+    pub fn publish_call_from(&self, update: &CallUpdate, origin: Instant) {
         if let Ok(mut active) = self.active.write() {
             if update.change == CallChange::Ended || update.record.end_time.is_some() {
                 active.remove(&update.record.id);
@@ -82,13 +168,13 @@ impl Hub {
                 active.insert(update.record.id, update.record.clone());
             }
         }
-        let _ = self.tx.send(Arc::new(LiveEvent::Call(update.clone())));
+        self.send(Published::new(LiveEvent::Call(update.clone()), origin));
     }
 
     /// Folds a registration event (`PeerStatusChange`, `ContactStatusChange`,
     /// `EndpointStateChange`) for an agent extension into its state and publishes the new
-    /// state when it changed. Other events are ignored.
-    pub fn apply_registration(&self, event: &crate::ari::Event) {
+    /// state when it changed. Other events are ignored. `origin`: when the frame arrived.
+    pub fn apply_registration(&self, event: &crate::ari::Event, origin: Instant) {
         use crate::ari::Event;
         let (endpoint, contact) = match event {
             Event::PeerStatusChange { endpoint, .. }
@@ -132,21 +218,49 @@ impl Hub {
         }
         if status != before {
             tracing::info!(extension = %status.extension, state = %status.state, contacts = status.contacts.len(), "extension registration changed");
-            self.publish_extension(status);
+            self.publish_extension_from(status, origin);
         }
     }
 
     /// Publishes an extension's registration change and remembers it.
     pub fn publish_extension(&self, status: ExtensionStatus) {
+        self.publish_extension_from(status, Instant::now());
+    }
+
+    fn publish_extension_from(&self, status: ExtensionStatus, origin: Instant) {
         if let Ok(mut ext) = self.extensions.write() {
             ext.insert(status.extension.clone(), status.clone());
         }
-        let _ = self.tx.send(Arc::new(LiveEvent::Extension(status)));
+        self.send(Published::new(LiveEvent::Extension(status), origin));
+    }
+
+    /// Queues `event` for every subscriber; a full buffer counts as lag for that subscriber
+    /// only, and subscribers that went away are forgotten.
+    fn send(&self, event: Arc<Published>) {
+        let Ok(mut subscribers) = self.subscribers.lock() else {
+            return;
+        };
+        subscribers.retain(|s| match s.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                s.lagged.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        });
     }
 
     /// A new subscription to everything published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let lagged = Arc::new(AtomicU64::new(0));
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.push(Subscriber {
+                tx,
+                lagged: lagged.clone(),
+            });
+        }
+        Subscription { rx, lagged }
     }
 
     /// Calls in progress, oldest first.
@@ -173,6 +287,9 @@ impl Hub {
 
     /// Number of current subscribers.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.subscribers
+            .lock()
+            .map(|s| s.iter().filter(|s| !s.tx.is_closed()).count())
+            .unwrap_or(0)
     }
 }

@@ -230,7 +230,7 @@ fn replay_records(msgs: &[pbxbridge::ari::stream::AriMessage]) -> Vec<CallRecord
     let mut p = Pipeline::new(Tracker::new(AgentMatcher::default()), None, None, None);
     let mut out: Vec<CallRecord> = Vec::new();
     for m in msgs {
-        let m = clone_msg(m);
+        let m = m.clone();
         for u in p.handle(m) {
             match out.iter_mut().find(|r| r.id == u.record.id) {
                 Some(r) => *r = u.record.clone(),
@@ -239,27 +239,6 @@ fn replay_records(msgs: &[pbxbridge::ari::stream::AriMessage]) -> Vec<CallRecord
         }
     }
     out
-}
-
-fn clone_msg(m: &pbxbridge::ari::stream::AriMessage) -> pbxbridge::ari::stream::AriMessage {
-    use pbxbridge::ari::stream::AriMessage::*;
-    match m {
-        Connected => Connected,
-        Disconnected => Disconnected,
-        Frame { text, received_at } => Frame {
-            text: text.clone(),
-            received_at: *received_at,
-        },
-        Resync {
-            channels,
-            bridges,
-            at,
-        } => Resync {
-            channels: channels.clone(),
-            bridges: bridges.clone(),
-            at: *at,
-        },
-    }
 }
 
 /// Replaying every capture twice leaves the same rows (idempotent on source + linkedid).
@@ -298,10 +277,7 @@ async fn restart_mid_call_finishes_the_same_record() {
             .unwrap()
             .lines()
         {
-            before.push(pbxbridge::ari::stream::AriMessage::Frame {
-                text: line.into(),
-                received_at: Utc::now(),
-            });
+            before.push(pbxbridge::ari::stream::AriMessage::frame(line.into()));
         }
         support::feed(&db, before).await;
         let open = store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk)
@@ -340,10 +316,7 @@ async fn call_that_vanished_while_down_is_finished_as_reconstructed() {
             .lines()
             .take(45)
         {
-            before.push(pbxbridge::ari::stream::AriMessage::Frame {
-                text: line.into(),
-                received_at: Utc::now(),
-            });
+            before.push(pbxbridge::ari::stream::AriMessage::frame(line.into()));
         }
         support::feed(&db, before).await;
         assert_eq!(

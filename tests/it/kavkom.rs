@@ -1221,7 +1221,7 @@ async fn kavkom_active_calls_reach_the_hub() {
     assert_eq!(u.len(), 1);
     assert_eq!(hub.active_calls().len(), 1);
     assert_eq!(hub.active_calls()[0].extension.as_deref(), Some("101"));
-    let LiveEvent::Call(first) = &*rx.recv().await.unwrap() else {
+    let LiveEvent::Call(first) = &rx.recv().await.unwrap().event else {
         panic!("call event expected")
     };
     assert_eq!(first.change, pbxbridge::calls::tracker::CallChange::Created);

@@ -734,7 +734,7 @@ async fn kerio_active_calls_reach_the_hub() {
             .await
             .expect("a call event in time")
             .unwrap();
-        if let LiveEvent::Call(u) = &*ev {
+        if let LiveEvent::Call(u) = &ev.event {
             return u.clone();
         }
     };
