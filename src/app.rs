@@ -58,7 +58,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let hub = Hub::default();
+    let hub = Hub::new(settings.core.live_buffer as usize);
 
     // Call writer.
     let (writer_handle, writer_rx) = writer::channel();

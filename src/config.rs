@@ -190,6 +190,13 @@ pub struct CoreSettings {
     /// Folder where downloaded recordings are cached (optional).
     #[arg(long, env = "RECORDINGS_DIR", global = true)]
     pub recordings_dir: Option<PathBuf>,
+    /// Live events a WebSocket/SSE client may fall behind before it gets `resync`.
+    #[arg(long, env = "LIVE_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub live_buffer: u32,
+    /// Seconds a live client's socket may refuse a message before the client is closed
+    /// (code 1008, "too slow").
+    #[arg(long, env = "LIVE_SEND_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    pub live_send_timeout: u64,
 }
 
 /// Asterisk REST Interface.

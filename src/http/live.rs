@@ -1,9 +1,10 @@
 //! Live events for the UI: `GET /ws` (WebSocket) and `GET /events` (Server-Sent Events).
 //! Both need a token (header, or `?token=` for browsers; 401 before any upgrade), check the
 //! `Origin` against `CORS_ORIGINS`, accept `?extension=` and `?events=` filters, and start
-//! with a `snapshot`. A client that falls behind the hub's buffer gets `resync` and a fresh
-//! snapshot; a client whose socket does not drain within 5 s is closed (code 1008, with the
-//! reason), so a slow client never slows the daemon or the others. The WebSocket is pinged
+//! with a `snapshot`. A client that falls `LIVE_BUFFER` events behind gets `resync` and a
+//! fresh snapshot; a client whose socket does not take a message within `LIVE_SEND_TIMEOUT`
+//! (5 s) is closed (code 1008, with the reason), so a slow client never slows the daemon or
+//! the others. The WebSocket is pinged
 //! every 30 s and dropped when no pong came back for 75 s. Each message written is counted
 //! with its latency in the hub's [`crate::live::FanoutStats`].
 
@@ -32,7 +33,6 @@ use crate::live::{RecvError, Subscription};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_TIMEOUT: Duration = Duration::from_secs(75);
-const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The live routes (behind the token middleware).
 pub fn router() -> Router<AppState> {
@@ -85,6 +85,10 @@ async fn ws(
         .into_response())
 }
 
+fn send_timeout(state: &AppState) -> Duration {
+    Duration::from_secs(state.settings.core.live_send_timeout)
+}
+
 /// What the reading half asks the writing half of a WebSocket client to send.
 enum Control {
     Ping,
@@ -94,17 +98,14 @@ enum Control {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Sends `msg`, giving up after [`SEND_TIMEOUT`]. The timer is only armed when the socket
-/// does not take the message at once (the common case costs no timer).
-async fn send(sink: &mut Sink, msg: Message) -> bool {
+/// Sends `msg`, giving up after `timeout` (`LIVE_SEND_TIMEOUT`). The timer is only armed
+/// when the socket does not take the message at once (the common case costs no timer).
+async fn send(sink: &mut Sink, msg: Message, timeout: Duration) -> bool {
     let mut sending = std::pin::pin!(sink.send(msg));
     let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(r) => r.is_ok(),
-        Poll::Pending => matches!(
-            tokio::time::timeout(SEND_TIMEOUT, sending).await,
-            Ok(Ok(()))
-        ),
+        Poll::Pending => matches!(tokio::time::timeout(timeout, sending).await, Ok(Ok(()))),
     }
 }
 
@@ -153,7 +154,8 @@ async fn client(socket: WebSocket, state: AppState, filter: Filter) {
         Some((code, reason)) => {
             tracing::debug!(reason, "closing live WebSocket client");
             let _ = ctl.send(Control::Close(code, reason)).await;
-            let _ = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), writer).await;
+            let timeout = send_timeout(&state) + Duration::from_secs(1);
+            let _ = tokio::time::timeout(timeout, writer).await;
         }
         None => tracing::debug!("live WebSocket client went away"),
     }
@@ -161,7 +163,7 @@ async fn client(socket: WebSocket, state: AppState, filter: Filter) {
 
 /// The sending half of a client: the snapshot, then every event the filter wants, resync
 /// when the client fell behind the hub, and what the reading half asks for. Ends (closing
-/// the socket with a reason) when a send does not complete within [`SEND_TIMEOUT`].
+/// the socket with a reason) when a send does not complete within `LIVE_SEND_TIMEOUT`.
 async fn write_loop(
     mut sink: Sink,
     mut rx: Subscription,
@@ -173,7 +175,8 @@ async fn write_loop(
     let stats = hub.stats();
     let locale = state.settings.core.ui_locale;
     let snapshot = |hub| Message::Text(messages::snapshot(hub, locale, &filter).into());
-    if !send(&mut sink, snapshot(hub)).await {
+    let timeout = send_timeout(&state);
+    if !send(&mut sink, snapshot(hub), timeout).await {
         return;
     }
     let (code, reason) = loop {
@@ -182,7 +185,7 @@ async fn write_loop(
             ev = rx.recv() => match ev {
                 Ok(ev) => {
                     if let Some(text) = messages::render(&ev, locale, &filter) {
-                        if !send(&mut sink, Message::Text(text)).await {
+                        if !send(&mut sink, Message::Text(text), timeout).await {
                             break (1008, "too slow: send timed out");
                         }
                         stats.record_written(ev.origin.elapsed());
@@ -191,8 +194,8 @@ async fn write_loop(
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "live client fell behind; sending resync");
                     stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    if !send(&mut sink, Message::Text(messages::resync(missed).into())).await
-                        || !send(&mut sink, snapshot(hub)).await
+                    if !send(&mut sink, Message::Text(messages::resync(missed).into()), timeout).await
+                        || !send(&mut sink, snapshot(hub), timeout).await
                     {
                         break (1008, "too slow: send timed out");
                     }
@@ -201,12 +204,12 @@ async fn write_loop(
             },
             c = ctl.recv() => match c {
                 Some(Control::Ping) => {
-                    if !send(&mut sink, Message::Ping(Vec::new().into())).await {
+                    if !send(&mut sink, Message::Ping(Vec::new().into()), timeout).await {
                         break (1008, "too slow: ping timed out");
                     }
                 }
                 Some(Control::Snapshot) => {
-                    if !send(&mut sink, snapshot(hub)).await {
+                    if !send(&mut sink, snapshot(hub), timeout).await {
                         break (1008, "too slow: send timed out");
                     }
                 }

@@ -293,3 +293,37 @@ impl Hub {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(n: usize) -> ExtensionStatus {
+        ExtensionStatus {
+            extension: format!("{n}"),
+            state: "online".into(),
+            contacts: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_lags_only_that_subscriber_then_it_resumes() {
+        let hub = Hub::new(2);
+        let mut slow = hub.subscribe();
+        let mut fast = hub.subscribe();
+        for n in 0..5 {
+            hub.publish_extension(status(n));
+            let ev = fast.recv().await.unwrap();
+            assert!(matches!(&ev.event, LiveEvent::Extension(s) if s.extension == n.to_string()));
+        }
+        // 2 queued and 3 dropped: all 5 count as missed; the queue is discarded.
+        assert_eq!(slow.recv().await.unwrap_err(), RecvError::Lagged(5));
+        hub.publish_extension(status(9));
+        let ev = slow.recv().await.unwrap();
+        assert!(matches!(&ev.event, LiveEvent::Extension(s) if s.extension == "9"));
+        assert_eq!(hub.subscribers(), 2);
+        drop(slow);
+        hub.publish_extension(status(10));
+        assert_eq!(hub.subscribers(), 1);
+    }
+}

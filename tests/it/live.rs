@@ -47,9 +47,18 @@ async fn connect(addr: std::net::SocketAddr, query: &str) -> Ws {
 }
 
 /// Reads messages until `done` says so or 10 s pass; returns them.
-async fn read_until(ws: &mut Ws, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+async fn read_until(ws: &mut Ws, done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    read_within(ws, Duration::from_secs(10), done).await
+}
+
+/// Reads messages until `done` says so or `limit` passes; returns them.
+async fn read_within(
+    ws: &mut Ws,
+    limit: Duration,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
     let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + limit;
     while !done(&got) {
         let msg = tokio::time::timeout_at(deadline, ws.next()).await;
         match msg {
@@ -337,5 +346,267 @@ async fn websocket_needs_a_token_and_an_allowed_origin() {
         ),
         400
     );
+    running.shutdown().await;
+}
+
+// ---- Slow clients: forced lag and a stuck socket -------------------------------------------
+
+/// A daemon without Asterisk (events are published on its hub directly).
+async fn hub_daemon(db: &TestDb, extra: &[&str]) -> pbxbridge::app::Running {
+    let ari = support::unreachable_url();
+    let mut args = vec![
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        &ari,
+        "--api-tokens",
+        TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    pbxbridge::app::start(support::settings(&args))
+        .await
+        .unwrap()
+}
+
+/// A client whose socket buffers almost nothing (4 KiB receive buffer): once it stops
+/// reading, the daemon's socket to it fills within a few MB.
+async fn connect_small_buffer(addr: std::net::SocketAddr) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{addr}/ws?token={TOKEN}"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        None,
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// An `extension_status` of about 4 KB (40 contacts), numbered `i`.
+fn big_status(i: usize) -> pbxbridge::live::ExtensionStatus {
+    pbxbridge::live::ExtensionStatus {
+        extension: format!("{}", 1000 + i % 50),
+        state: "online".into(),
+        contacts: (0..40)
+            .map(|c| pbxbridge::live::ContactStatus {
+                uri: format!(
+                    "sip:{i}-{c}@10.0.0.1:5060;transport=udp;x-pad=0123456789abcdef0123456789abcdef"
+                ),
+                status: "Reachable".into(),
+                rtt_ms: Some(1.5),
+            })
+            .collect(),
+    }
+}
+
+/// Reads everything on `ws` in the background, counting `extension_status` messages and
+/// `resync`s.
+fn counting_reader(
+    mut ws: Ws,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (count, resyncs) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let (c, r) = (count.clone(), resyncs.clone());
+    let task = tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m {
+                if t.contains(r#""event":"extension_status""#) {
+                    c.fetch_add(1, Ordering::SeqCst);
+                } else if t.contains(r#""event":"resync""#) {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    (count, resyncs, task)
+}
+
+/// Publishes `n` big statuses, never letting the reading client fall more than 32 behind
+/// (so with `LIVE_BUFFER=64` only a client that stops reading can lag); after the first
+/// 2,000, one every `then_every` at most.
+async fn publish_paced(
+    hub: &pbxbridge::live::Hub,
+    n: usize,
+    read: &std::sync::atomic::AtomicUsize,
+    then_every: Duration,
+    mut stop: impl FnMut() -> bool,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for i in 0..n {
+        while read.load(Ordering::SeqCst) + 32 < i {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reading client stalled at {} of {i}",
+                read.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if stop() {
+            return i;
+        }
+        if i >= 2000 && !then_every.is_zero() {
+            tokio::time::sleep(then_every).await;
+        }
+        hub.publish_extension(big_status(i));
+    }
+    n
+}
+
+async fn health(addr: std::net::SocketAddr) -> Value {
+    reqwest::get(format!("http://{addr}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_resync_and_delays_nobody() {
+    let db = support::sqlite().await;
+    let running = hub_daemon(&db, &["--live-buffer", "64", "--live-send-timeout", "60"]).await;
+    let mut slow = connect_small_buffer(running.addr).await;
+    let first = slow.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("snapshot"));
+    let (read, fast_resyncs, fast) = counting_reader(connect(running.addr, "").await);
+    while running.hub.subscribers() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // 4,000 messages of ~4 KB: far more than the sockets to the slow client can hold.
+    let n = publish_paced(&running.hub, 4000, &read, Duration::ZERO, || false).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fast client got {read:?} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The reading client got every message, in time, and never lagged.
+    assert_eq!(fast_resyncs.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // The slow client reads again: it is told it missed events, gets a fresh snapshot,
+    // then live events again.
+    let msgs = read_within(&mut slow, Duration::from_secs(60), |m| {
+        m.iter().any(|x| x["event"] == "snapshot")
+    })
+    .await;
+    let resync = msgs
+        .iter()
+        .position(|x| x["event"] == "resync")
+        .expect("a resync message");
+    assert!(msgs[resync]["data"]["missed"].as_u64().unwrap() > 0);
+    assert_eq!(msgs[resync + 1]["event"], "snapshot");
+    assert_eq!(
+        msgs[resync + 1]["data"]["extensions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
+    running
+        .hub
+        .publish_extension(pbxbridge::live::ExtensionStatus {
+            extension: "1999".into(),
+            state: "offline".into(),
+            contacts: vec![],
+        });
+    let after = read_within(&mut slow, Duration::from_secs(60), |m| {
+        m.iter().any(|x| x["data"]["extension"] == "1999")
+    })
+    .await;
+    assert!(
+        after.iter().any(|x| x["data"]["extension"] == "1999"),
+        "{:?}",
+        after
+            .iter()
+            .map(|x| (
+                x["event"].clone(),
+                x["data"]["extension"].clone(),
+                x["data"]["missed"].clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    let live = &health(running.addr).await["live"];
+    assert!(live["resyncs"].as_u64().unwrap() >= 1, "{live}");
+    assert_eq!(live["slowClosed"], 0);
+    assert!(live["latency"]["count"].as_u64().unwrap() >= n as u64);
+    fast.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_client_is_closed_after_the_send_timeout() {
+    let db = support::sqlite().await;
+    let running = hub_daemon(&db, &["--live-buffer", "64", "--live-send-timeout", "1"]).await;
+    let mut stuck = connect_small_buffer(running.addr).await;
+    let (read, _, fast) = counting_reader(connect(running.addr, "").await);
+    while running.hub.subscribers() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Publish until the stuck client is dropped (its socket full for over a second).
+    let hub = running.hub.clone();
+    let started = std::time::Instant::now();
+    let mut checked = std::time::Instant::now();
+    let mut gone = false;
+    let sent = publish_paced(
+        &running.hub,
+        40_000,
+        &read,
+        Duration::from_millis(2),
+        || {
+            if checked.elapsed() > Duration::from_millis(50) {
+                checked = std::time::Instant::now();
+                gone = hub.subscribers() < 2;
+            }
+            gone || started.elapsed() > Duration::from_secs(30)
+        },
+    )
+    .await;
+    assert!(
+        gone,
+        "the stuck client was not closed after {sent} messages"
+    );
+    let live = &health(running.addr).await["live"];
+    assert_eq!(live["slowClosed"], 1, "{live}");
+    // The other client still gets events.
+    let before = read.load(std::sync::atomic::Ordering::SeqCst);
+    running.hub.publish_extension(big_status(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read.load(std::sync::atomic::Ordering::SeqCst) <= before {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The stuck client finds its connection ended (after what was buffered, possibly with
+    // the close frame "too slow").
+    let end: Option<u16> = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stuck.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stuck client's connection ends");
+    if let Some(code) = end {
+        assert_eq!(code, 1008u16);
+    }
+    fast.abort();
     running.shutdown().await;
 }

@@ -113,6 +113,36 @@ async fn login_tokens_roles_and_rate_limit() {
                 .status(),
             200
         );
+        // Viewers read; changing extensions and triggering syncs is for admins (403 with a
+        // JSON body), checked before the request body or the adapter's configuration.
+        for (path, body) in [
+            ("/extensions", json!({"extension": "1001"})),
+            ("/kerio/sync", json!({})),
+            ("/kavkom/sync", json!({})),
+        ] {
+            let r = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(viewer_token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{path}");
+            let err: Value = r.json().await.unwrap();
+            assert_eq!(err["error"]["code"], "forbidden", "{path}: {err}");
+        }
+        let r = client
+            .post(format!("{base}/extensions"))
+            .bearer_auth(&admin_token)
+            .json(&json!({"extension": "bad number"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            422,
+            "an admin gets past the role check to validation"
+        );
 
         // Expired, forged, missing.
         let now = chrono::Utc::now().timestamp();
