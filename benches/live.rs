@@ -52,6 +52,23 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User and system CPU time of process `pid` so far, in milliseconds (from /proc, 10 ms
+/// resolution).
+fn cpu_ms(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let tick = 1000.0 / 100.0;
+    (
+        f.get(11).copied().unwrap_or(0.0) * tick,
+        f.get(12).copied().unwrap_or(0.0) * tick,
+    )
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -115,6 +132,7 @@ async fn daemon(ari: &str) -> Daemon {
         .env("ARI_URL", ari)
         .env("API_TOKENS", "bench")
         .env("RUST_LOG", "warn")
+        .envs(std::env::var("TOKIO_WORKER_THREADS").map(|v| ("TOKIO_WORKER_THREADS", v)))
         .current_dir(dir.path());
     // SAFETY: prctl in the forked child before exec; it only asks for SIGKILL when the
     // bench dies, so an interrupted bench leaves no daemon behind.
@@ -224,6 +242,7 @@ async fn run(idle: bool) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let connected_kb = rss_kb(d.child.id());
         let mut lat: Vec<f64> = Vec::new();
+        let (user0, sys0) = cpu_ms(d.child.id());
         for _round in 0..rounds {
             iteration += 1;
             let ids = lines
@@ -252,6 +271,7 @@ async fn run(idle: bool) {
                 }
             }
         }
+        let (user1, sys1) = cpu_ms(d.child.id());
         let n = lat.len();
         let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
         let health: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/health", d.port))
@@ -264,13 +284,16 @@ async fn run(idle: bool) {
         println!(
             "{target:>5} clients: daemon (ARI frame in → message written) p50 {} ms, p99 {} ms, max {} ms over {} messages; \
              client (frame sent → message read) p50 {p50:.2} ms, p99 {p99:.2} ms over {n}; \
-             resyncs {}, slow closed {}; daemon RSS idle {:.1} MB, connected {:.1} MB, after {:.1} MB",
+             resyncs {}, slow closed {}; daemon CPU per message written: user {:.1} µs, system {:.1} µs; \
+             daemon RSS idle {:.1} MB, connected {:.1} MB, after {:.1} MB",
             live["latency"]["p50Ms"],
             live["latency"]["p99Ms"],
             live["latency"]["maxMs"],
             live["latency"]["count"],
             live["resyncs"],
             live["slowClosed"],
+            (user1 - user0) * 1000.0 / n.max(1) as f64,
+            (sys1 - sys0) * 1000.0 / n.max(1) as f64,
             idle_kb as f64 / 1024.0,
             connected_kb as f64 / 1024.0,
             rss_kb(d.child.id()) as f64 / 1024.0,
