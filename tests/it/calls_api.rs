@@ -37,20 +37,9 @@ fn record(i: i64, direction: Direction, status: CallStatus, ext: &str, from: &st
 }
 
 async fn start(db: &TestDb) -> (pbxbridge::app::Running, String) {
-    let ari = crate::support::unreachable_url();
-    let settings = support::settings(&[
-        "--database-url",
-        &db.url,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--ari-url",
-        &ari,
-        "--api-tokens",
-        &format!("other,{TOKEN}"),
-        "--ui-locale",
-        "uz",
-    ]);
-    let running = pbxbridge::app::start(settings).await.unwrap();
+    let tokens = format!("other,{TOKEN}");
+    let running =
+        support::daemon_without_asterisk(db, &["--api-tokens", &tokens, "--ui-locale", "uz"]).await;
     let base = format!("http://{}", running.addr);
     (running, base)
 }

@@ -90,20 +90,18 @@ async fn wait_for_ended(db: &TestDb, n: usize) -> Vec<CallRecord> {
 }
 
 fn serve_settings(db: &TestDb, ari_url: &str) -> pbxbridge::config::Settings {
-    support::settings(&[
-        "--database-url",
-        &db.url,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--ari-url",
+    support::daemon_settings(
+        db,
         ari_url,
-        "--ari-username",
-        USER,
-        "--ari-password",
-        PASS,
-        "--api-tokens",
-        "test-token",
-    ])
+        &[
+            "--ari-username",
+            USER,
+            "--ari-password",
+            PASS,
+            "--api-tokens",
+            "test-token",
+        ],
+    )
 }
 
 fn stasis_channels(dir: &Path) -> Vec<String> {

@@ -15,12 +15,6 @@ const TOKEN: &str = "live-token";
 async fn daemon(db: &TestDb, fake: &Fake, extra: &[&str]) -> pbxbridge::app::Running {
     let (url, _server) = fake.start().await;
     let mut args = vec![
-        "--database-url",
-        &db.url,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--ari-url",
-        &url,
         "--ari-username",
         USER,
         "--ari-password",
@@ -31,9 +25,7 @@ async fn daemon(db: &TestDb, fake: &Fake, extra: &[&str]) -> pbxbridge::app::Run
         "en",
     ];
     args.extend_from_slice(extra);
-    pbxbridge::app::start(support::settings(&args))
-        .await
-        .unwrap()
+    support::daemon_at(db, &url, &args).await
 }
 
 type Ws =
@@ -353,21 +345,9 @@ async fn websocket_needs_a_token_and_an_allowed_origin() {
 
 /// A daemon without Asterisk (events are published on its hub directly).
 async fn hub_daemon(db: &TestDb, extra: &[&str]) -> pbxbridge::app::Running {
-    let ari = support::unreachable_url();
-    let mut args = vec![
-        "--database-url",
-        &db.url,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--ari-url",
-        &ari,
-        "--api-tokens",
-        TOKEN,
-    ];
+    let mut args = vec!["--api-tokens", TOKEN];
     args.extend_from_slice(extra);
-    pbxbridge::app::start(support::settings(&args))
-        .await
-        .unwrap()
+    support::daemon_without_asterisk(db, &args).await
 }
 
 /// A client whose socket buffers almost nothing (4 KiB receive buffer): once it stops

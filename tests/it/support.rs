@@ -137,6 +137,33 @@ pub fn unreachable_url() -> String {
     url
 }
 
+/// Settings for a daemon on `db`, listening on a free local port, with ARI at `ari_url`,
+/// plus the settings in `extra`.
+pub fn daemon_settings(db: &TestDb, ari_url: &str, extra: &[&str]) -> Settings {
+    let mut args = vec![
+        "--database-url",
+        &db.url,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ari-url",
+        ari_url,
+    ];
+    args.extend_from_slice(extra);
+    settings(&args)
+}
+
+/// A daemon started with [`daemon_settings`].
+pub async fn daemon_at(db: &TestDb, ari_url: &str, extra: &[&str]) -> pbxbridge::app::Running {
+    pbxbridge::app::start(daemon_settings(db, ari_url, extra))
+        .await
+        .unwrap()
+}
+
+/// [`daemon_at`] with Asterisk unreachable (events can be published on its hub directly).
+pub async fn daemon_without_asterisk(db: &TestDb, extra: &[&str]) -> pbxbridge::app::Running {
+    daemon_at(db, &unreachable_url(), extra).await
+}
+
 /// Feeds messages through the call pipeline and the writer into `db`, and waits until every
 /// record is written (what `replay` does, without printing).
 pub async fn feed(db: &TestDb, msgs: Vec<pbxbridge::ari::stream::AriMessage>) {

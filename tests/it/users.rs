@@ -13,25 +13,20 @@ use crate::support::{self, TestDb};
 const SECRET: &str = "jwt-secret-for-tests-0123456789";
 
 async fn daemon(db: &TestDb) -> (pbxbridge::app::Running, String) {
-    let ari = support::unreachable_url();
-    let running = pbxbridge::app::start(support::settings(&[
-        "--database-url",
-        &db.url,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--ari-url",
-        &ari,
-        "--api-tokens",
-        "machine",
-        "--jwt-secret",
-        SECRET,
-        "--jwt-ttl",
-        "3600",
-        "--ui-locale",
-        "ru",
-    ]))
-    .await
-    .unwrap();
+    let running = support::daemon_without_asterisk(
+        db,
+        &[
+            "--api-tokens",
+            "machine",
+            "--jwt-secret",
+            SECRET,
+            "--jwt-ttl",
+            "3600",
+            "--ui-locale",
+            "ru",
+        ],
+    )
+    .await;
     let base = format!("http://{}", running.addr);
     (running, base)
 }
