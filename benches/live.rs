@@ -231,10 +231,10 @@ async fn run(idle: bool) {
             clients.push(tokio::spawn(async move {
                 let mut ws = ws;
                 while let Some(Ok(m)) = ws.next().await {
-                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                        if !t.contains("\"snapshot\"") {
-                            arrivals.lock().unwrap().push(Instant::now());
-                        }
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m
+                        && !t.contains("\"snapshot\"")
+                    {
+                        arrivals.lock().unwrap().push(Instant::now());
                     }
                 }
             }));

@@ -5,11 +5,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = dotenvy::dotenv() {
-        if !e.not_found() {
-            eprintln!("error: .env could not be read: {e}");
-            std::process::exit(2);
-        }
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: .env could not be read: {e}");
+        std::process::exit(2);
     }
     let cli = pbxbridge::cli::Cli::parse();
     pbxbridge::logging::init(cli.settings.core.log_format);

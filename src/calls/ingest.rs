@@ -136,10 +136,10 @@ impl Pipeline {
             Event::PeerStatusChange { endpoint, .. }
             | Event::ContactStatusChange { endpoint, .. }
             | Event::EndpointStateChange { endpoint, .. } => {
-                if let Some(hub) = &self.hub {
-                    if self.tracker.agents().is_agent(&endpoint.resource) {
-                        hub.apply_registration(ev, arrived);
-                    }
+                if let Some(hub) = &self.hub
+                    && self.tracker.agents().is_agent(&endpoint.resource)
+                {
+                    hub.apply_registration(ev, arrived);
                 }
             }
             _ => {}

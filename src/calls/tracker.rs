@@ -241,19 +241,19 @@ impl Tracker {
             }
             Event::StasisStart { channel, args, .. } => {
                 let lid = self.touch(channel, ts);
-                if let Some(call) = self.calls.get_mut(&lid) {
-                    if call.stasis_direction.is_none() {
-                        call.stasis_direction =
-                            args.first()
-                                .and_then(|a| match a.to_ascii_lowercase().as_str() {
-                                    "inbound" => Some(Direction::Inbound),
-                                    "outbound" => Some(Direction::Outbound),
-                                    "internal" => Some(Direction::Internal),
-                                    _ => None,
-                                });
-                        if call.stasis_direction.is_some() {
-                            call.stasis_to = args.get(1).filter(|a| !a.is_empty()).cloned();
-                        }
+                if let Some(call) = self.calls.get_mut(&lid)
+                    && call.stasis_direction.is_none()
+                {
+                    call.stasis_direction =
+                        args.first()
+                            .and_then(|a| match a.to_ascii_lowercase().as_str() {
+                                "inbound" => Some(Direction::Inbound),
+                                "outbound" => Some(Direction::Outbound),
+                                "internal" => Some(Direction::Internal),
+                                _ => None,
+                            });
+                    if call.stasis_direction.is_some() {
+                        call.stasis_to = args.get(1).filter(|a| !a.is_empty()).cloned();
                     }
                 }
                 touched.push(lid);
@@ -287,10 +287,11 @@ impl Tracker {
                 ..
             } => {
                 let lid = self.touch(channel, ts);
-                if variable == "DIALSTATUS" && !value.is_empty() {
-                    if let Some(call) = self.calls.get_mut(&lid) {
-                        call.dialstatus_var = Some(value.clone());
-                    }
+                if variable == "DIALSTATUS"
+                    && !value.is_empty()
+                    && let Some(call) = self.calls.get_mut(&lid)
+                {
+                    call.dialstatus_var = Some(value.clone());
                 }
                 touched.push(lid);
             }
@@ -391,17 +392,17 @@ impl Tracker {
                 .map(|c| c.endpoint().1)
                 .find(|res| self.agents.is_agent(res))
                 .map(str::to_string);
-            if let Some(call) = self.calls.get_mut(&lid) {
-                if call.rec.answer_time.is_none() {
-                    call.rec.answer_time = Some(b.creationtime);
-                    call.rec.reconstructed = true;
-                    let origin_agent = call.origin_agent.clone();
-                    if call.answered_by.is_none() {
-                        call.answered_by = agent.filter(|a| Some(a) != origin_agent.as_ref());
-                    }
-                    call.mark(CallChange::Answered);
-                    touched.push(lid);
+            if let Some(call) = self.calls.get_mut(&lid)
+                && call.rec.answer_time.is_none()
+            {
+                call.rec.answer_time = Some(b.creationtime);
+                call.rec.reconstructed = true;
+                let origin_agent = call.origin_agent.clone();
+                if call.answered_by.is_none() {
+                    call.answered_by = agent.filter(|a| Some(a) != origin_agent.as_ref());
                 }
+                call.mark(CallChange::Answered);
+                touched.push(lid);
             }
         }
         // Calls with no channel left (vanished, or restored from the database and gone).

@@ -52,15 +52,15 @@ pub enum DbError {
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            if db.is_unique_violation() {
-                return DbError::Conflict {
-                    constraint: db
-                        .constraint()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| db.message().to_string()),
-                };
-            }
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return DbError::Conflict {
+                constraint: db
+                    .constraint()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| db.message().to_string()),
+            };
         }
         DbError::Sqlx(e)
     }

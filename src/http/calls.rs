@@ -97,10 +97,10 @@ pub fn filter_from_query(q: &HashMap<String, String>, paged: bool) -> Result<Cal
             _ => {}
         }
     }
-    if let (Some(a), Some(b)) = (f.from, f.to) {
-        if a > b {
-            return Err(ApiError::bad_param("to", "to must not be before from"));
-        }
+    if let (Some(a), Some(b)) = (f.from, f.to)
+        && a > b
+    {
+        return Err(ApiError::bad_param("to", "to must not be before from"));
     }
     Ok(f)
 }

@@ -82,10 +82,10 @@ pub fn endpoints_in(path: &std::path::Path) -> BTreeSet<String> {
         let line = line.trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
             section = Some(name.to_string());
-        } else if line.replace(' ', "") == "type=endpoint" {
-            if let Some(s) = &section {
-                out.insert(s.clone());
-            }
+        } else if line.replace(' ', "") == "type=endpoint"
+            && let Some(s) = &section
+        {
+            out.insert(s.clone());
         }
     }
     out

@@ -86,13 +86,13 @@ async fn sync(
         .filter(|v| !v.is_empty())
         .map(|v| parse_time_param("endDate", v))
         .transpose()?;
-    if let (Some(a), Some(b)) = (from, to) {
-        if a > b {
-            return Err(ApiError::bad_param(
-                "endDate",
-                "endDate must not be before startDate",
-            ));
-        }
+    if let (Some(a), Some(b)) = (from, to)
+        && a > b
+    {
+        return Err(ApiError::bad_param(
+            "endDate",
+            "endDate must not be before startDate",
+        ));
     }
     let extension = q
         .get("extension")
@@ -190,13 +190,12 @@ async fn recording(
         .await?
         .is_none()
         && uuid::Uuid::parse_str(&call_id).is_ok()
+        && let Some(r) = crate::calls::store::get(&state.db, &call_id).await?
     {
-        if let Some(r) = crate::calls::store::get(&state.db, &call_id).await? {
-            if r.source != Source::Kavkom {
-                return Err(ApiError::NotFound(format!("Kavkom call {call_id}")));
-            }
-            cdr_id = r.call_id;
+        if r.source != Source::Kavkom {
+            return Err(ApiError::NotFound(format!("Kavkom call {call_id}")));
         }
+        cdr_id = r.call_id;
     }
     let (path, content_type) = k.recording(&cdr_id).await.map_err(|e| match e {
         KavkomError::NotFound { .. } => {

@@ -201,10 +201,10 @@ impl Mapper {
         r.end_time = first(item, END)
             .and_then(|v| self.parse_time(v))
             .or(Some(start + Duration::seconds(r.duration)));
-        if r.duration == 0 {
-            if let Some(end) = r.end_time {
-                r.duration = CallRecord::whole_seconds(start, end);
-            }
+        if r.duration == 0
+            && let Some(end) = r.end_time
+        {
+            r.duration = CallRecord::whole_seconds(start, end);
         }
         r.answer_time = first(item, ANSWER).and_then(|v| self.parse_time(v));
         if r.answer_time.is_none() && r.billsec > 0 {

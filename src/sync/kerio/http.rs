@@ -90,26 +90,25 @@ pub fn parse_range(
             })
         })
         .transpose()?;
-    if let (Some(a), Some(b)) = (from, to) {
-        if b <= a {
-            return Err(ApiError::bad_param(
-                names[1],
-                format!("{} must be after {}", names[1], names[0]),
-            ));
-        }
+    if let (Some(a), Some(b)) = (from, to)
+        && b <= a
+    {
+        return Err(ApiError::bad_param(
+            names[1],
+            format!("{} must be after {}", names[1], names[0]),
+        ));
     }
     let extension = extension.map(str::trim).filter(|e| !e.is_empty());
-    if let Some(e) = extension {
-        if e.len() > 32
+    if let Some(e) = extension
+        && (e.len() > 32
             || !e
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+*#-_".contains(c))
-        {
-            return Err(ApiError::bad_param(
-                "extension",
-                format!("extension must be a phone extension, got {e:?}"),
-            ));
-        }
+                .all(|c| c.is_ascii_alphanumeric() || "+*#-_".contains(c)))
+    {
+        return Err(ApiError::bad_param(
+            "extension",
+            format!("extension must be a phone extension, got {e:?}"),
+        ));
     }
     Ok(SyncRange {
         from,

@@ -26,13 +26,12 @@ impl Kerio {
         &self,
         call: &CallRecord,
     ) -> Result<Option<(PathBuf, &'static str)>, KerioError> {
-        if let Some(p) = call.recording_path.as_deref().map(PathBuf::from) {
-            if p.starts_with(&self.recordings_dir)
-                && tokio::fs::try_exists(&p).await.unwrap_or(false)
-            {
-                let ct = recording::content_type_for(&p.to_string_lossy());
-                return Ok(Some((p, ct)));
-            }
+        if let Some(p) = call.recording_path.as_deref().map(PathBuf::from)
+            && p.starts_with(&self.recordings_dir)
+            && tokio::fs::try_exists(&p).await.unwrap_or(false)
+        {
+            let ct = recording::content_type_for(&p.to_string_lossy());
+            return Ok(Some((p, ct)));
         }
         let Some(found) = self.find_recording(call).await? else {
             return Ok(None);

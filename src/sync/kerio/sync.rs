@@ -182,10 +182,10 @@ impl Kerio {
                 set_watermark(db, PENDING_LOW, low).await?;
             }
         }
-        if let Some(h) = high {
-            if watermark.is_none_or(|w| h > w) {
-                set_watermark(db, WATERMARK, h).await?;
-            }
+        if let Some(h) = high
+            && watermark.is_none_or(|w| h > w)
+        {
+            set_watermark(db, WATERMARK, h).await?;
         }
         clear_state(db, &[PENDING_HIGH, PENDING_LOW]).await?;
         Ok(())
