@@ -12,6 +12,19 @@ use crate::support::{self, TestDb};
 
 const SECRET: &str = "jwt-secret-for-tests-0123456789";
 
+/// GET `path` with the machine token, as JSON.
+async fn machine_json(base: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth("machine")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn daemon(db: &TestDb) -> (pbxbridge::app::Running, String) {
     let running = support::daemon_without_asterisk(
         db,
@@ -289,15 +302,7 @@ async fn csv_export_and_stats() {
             .unwrap();
         assert_eq!(r.status(), 400);
 
-        let stats: Value = client
-            .get(format!("{base}/stats/calls?groupBy=extension"))
-            .bearer_auth("machine")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Value = machine_json(&base, "/stats/calls?groupBy=extension").await;
         let total = &stats["total"];
         assert_eq!(total["total"], 8, "{stats}");
         assert_eq!(total["answered"], 4);
@@ -312,15 +317,7 @@ async fn csv_export_and_stats() {
             .unwrap();
         assert_eq!(ext1002["answered"], 2);
         assert!(ext1002["avgTalkSeconds"].as_f64().unwrap() >= 3.0);
-        let by_day: Value = client
-            .get(format!("{base}/stats/calls?groupBy=day&from=2026-11-21"))
-            .bearer_auth("machine")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let by_day: Value = machine_json(&base, "/stats/calls?groupBy=day&from=2026-11-21").await;
         assert_eq!(by_day["groups"][0]["key"], "2026-11-21");
         let r = client
             .get(format!("{base}/stats/calls?groupBy=week"))
