@@ -259,13 +259,20 @@ async fn run(idle: bool) {
                     while arrivals.lock().unwrap().len() < target && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
-                    lat.extend(
-                        arrivals
-                            .lock()
-                            .unwrap()
-                            .iter()
-                            .map(|t| t.duration_since(sent).as_secs_f64() * 1000.0),
-                    );
+                    let burst: Vec<f64> = arrivals
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.duration_since(sent).as_secs_f64() * 1000.0)
+                        .collect();
+                    if std::env::var("LIVE_BENCH_BURSTS").is_ok() {
+                        let max = burst.iter().cloned().fold(0.0, f64::max);
+                        println!(
+                            "burst frame {i}: {} messages, last at {max:.2} ms",
+                            burst.len()
+                        );
+                    }
+                    lat.extend(burst);
                 } else {
                     tx.send(f.clone()).unwrap();
                 }

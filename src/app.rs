@@ -151,14 +151,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = http::router(state);
     let stop = cancel.clone();
     tasks.spawn(async move {
-        use axum::serve::ListenerExt;
-        // Live events are small and latency-bound: no Nagle delay behind an unacked message.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            http::Listener(listener),
+            app.into_make_service_with_connect_info::<http::Peer>(),
         )
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

@@ -9,10 +9,15 @@ pub mod health;
 pub mod live;
 pub mod users;
 
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::middleware;
+use axum::serve::IncomingStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::ari::stream::AriState;
@@ -21,6 +26,46 @@ use crate::calls::writer::WriterStats;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::live::Hub;
+
+/// The connection a request came in on (axum `ConnectInfo<Peer>`): the client's address,
+/// and the socket's file descriptor, which `GET /ws` duplicates so that the live fan-out can
+/// write to the socket directly. The descriptor is only valid while a request on that
+/// connection is being handled.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    fd: RawFd,
+}
+
+impl Connected<IncomingStream<'_, Listener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+        Peer {
+            addr: *stream.remote_addr(),
+            fd: stream.io().as_raw_fd(),
+        }
+    }
+}
+
+/// The API's TCP listener: accepts like tokio's, and turns Nagle off on every connection
+/// (live events are small and latency-bound: no delay behind an unacknowledged message).
+#[derive(Debug)]
+pub struct Listener(pub TcpListener);
+
+impl axum::serve::Listener for Listener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -3,7 +3,6 @@
 //! with `Retry-After`); failures are logged without the password. `GET /auth/me` tells the
 //! caller who they are.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
@@ -36,7 +35,7 @@ pub struct Login {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::Peer { addr: peer, .. }): ConnectInfo<super::Peer>,
     body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest {

@@ -9,12 +9,20 @@
 //! - `extension_status` `{extension, state: "online"|"offline", contacts: [{uri, status, rttMs}]}`.
 //! - `snapshot` `{calls: [call JSON...], extensions: [extension_status data...]}`.
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
+//!
+//! Each event's message is rendered once, as JSON text (for SSE) and as a complete WebSocket
+//! text frame (RFC 6455, unmasked as a server sends it, framed by tungstenite), and shared by
+//! every client.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::{Hub, LiveEvent, Published};
 use crate::calls::tracker::{CallChange, CallUpdate};
@@ -74,10 +82,52 @@ fn frame(name: &str, data: Value) -> String {
     json!({ "event": name, "data": data }).to_string()
 }
 
-/// The message for `event`, as JSON text, when `filter` wants it. The text is built once
-/// per event (by the first client to ask) and shared by every client: cloning it is a
-/// reference-count increment.
-pub fn render(event: &Published, locale: Locale, filter: &Filter) -> Option<Utf8Bytes> {
+/// One UI message, rendered once per event and shared by every client.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// Message name (`incoming_call`, `call_status`, `extension_status`).
+    pub name: &'static str,
+    /// The JSON text `{"event", "data"}`.
+    pub text: Utf8Bytes,
+    /// The same text as a complete WebSocket text frame, ready to write to a socket.
+    pub frame: Bytes,
+}
+
+impl Rendered {
+    fn new(name: &'static str, data: Value) -> Self {
+        let text = frame(name, data);
+        Rendered {
+            name,
+            frame: ws_text_frame(&text),
+            text: text.into(),
+        }
+    }
+}
+
+/// `text` as one complete, unmasked WebSocket text frame (header and payload).
+pub fn ws_text_frame(text: &str) -> Bytes {
+    ws_frame(Frame::message(
+        text.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    ))
+}
+
+/// `frame` serialized as it goes on the wire.
+pub fn ws_frame(frame: Frame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out.into()
+}
+
+/// The message for `event` when `filter` wants it. It is built once per event (by the
+/// first client to ask) and borrowed by every client.
+pub fn render<'a>(
+    event: &'a Published,
+    locale: Locale,
+    filter: &Filter,
+) -> Option<Cow<'a, Rendered>> {
     let wanted = match &event.event {
         LiveEvent::Call(u) => filter.wants_call(&u.record),
         LiveEvent::Extension(s) => filter.extension.as_ref().is_none_or(|e| e == &s.extension),
@@ -85,35 +135,30 @@ pub fn render(event: &Published, locale: Locale, filter: &Filter) -> Option<Utf8
     if !wanted {
         return None;
     }
-    let (name, text) = message(event, locale)?;
-    filter.wants(name).then_some(text)
+    let rendered = message(event, locale)?;
+    filter.wants(rendered.name).then_some(rendered)
 }
 
-/// A message name and its JSON text, or None when the UI does not need the event.
-pub type Rendered = Option<(&'static str, Utf8Bytes)>;
-
-/// The message name and JSON text of `event` (None when the UI does not need it), rendered
-/// once per event and kept with it.
-pub fn message(event: &Published, locale: Locale) -> Rendered {
+/// The message of `event` (None when the UI does not need it), rendered once per event and
+/// kept with it.
+pub fn message(event: &Published, locale: Locale) -> Option<Cow<'_, Rendered>> {
     let (l, rendered) = event
         .rendered
         .get_or_init(|| (locale, render_event(&event.event, locale)));
     if *l == locale {
-        rendered.clone()
+        rendered.as_ref().map(Cow::Borrowed)
     } else {
         // Only one UI locale is configured per daemon; another one is rendered on its own.
-        render_event(&event.event, locale)
+        render_event(&event.event, locale).map(Cow::Owned)
     }
 }
 
-fn render_event(event: &LiveEvent, locale: Locale) -> Rendered {
+fn render_event(event: &LiveEvent, locale: Locale) -> Option<Rendered> {
     match event {
-        LiveEvent::Call(u) => {
-            call_message(u, locale).map(|(name, data)| (name, Utf8Bytes::from(frame(name, data))))
-        }
+        LiveEvent::Call(u) => call_message(u, locale).map(|(name, data)| Rendered::new(name, data)),
         LiveEvent::Extension(s) => serde_json::to_value(s)
             .ok()
-            .map(|v| ("extension_status", frame("extension_status", v).into())),
+            .map(|v| Rendered::new("extension_status", v)),
     }
 }
 

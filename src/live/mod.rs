@@ -2,10 +2,12 @@
 //! (WebSocket and SSE clients), plus the set of calls in progress for snapshots and
 //! `GET /calls/active`, and the registration state of every extension (folded from ARI
 //! `PeerStatusChange` / `ContactStatusChange`: an application subscribed to all never gets
-//! `EndpointStateChange`). Publishing never blocks: each subscriber has its own bounded
-//! buffer, and one that falls behind is told it lagged (and must reload a snapshot) instead
-//! of slowing the daemon or the other subscribers. Subscribers share no lock on the hot
-//! path: a publish is one `try_send` per subscriber.
+//! `EndpointStateChange`). Publishing never blocks: it hands the event to the hub's fan-out
+//! tasks (one per core), and each offers it to its share of the subscribers ([`Sink`]). A
+//! WebSocket client's sink writes the pre-framed message straight to its socket, so an event
+//! wakes no per-client task; a subscriber that cannot take it at once queues it in its own
+//! bounded buffer, and one that falls behind is told it lagged (and must reload a snapshot)
+//! instead of slowing the daemon or the other subscribers.
 //!
 //! Every published event carries the instant its cause arrived (the ARI frame, or the hosted
 //! PBX poll), so the fan-out can measure its own latency ([`FanoutStats`], on `/health`).
@@ -14,12 +16,13 @@ pub mod messages;
 pub mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::calls::CallRecord;
@@ -65,7 +68,7 @@ pub struct Published {
     pub event: LiveEvent,
     /// When the ARI frame (or hosted PBX reply) behind it arrived (monotonic clock).
     pub origin: Instant,
-    rendered: OnceLock<(crate::config::Locale, messages::Rendered)>,
+    rendered: OnceLock<(crate::config::Locale, Option<messages::Rendered>)>,
 }
 
 impl Published {
@@ -80,12 +83,95 @@ impl Published {
 
 pub use stats::FanoutStats;
 
-/// One subscriber's end of the hub: its bounded buffer and its count of events dropped
+/// A subscriber of the hub. One of the hub's fan-out tasks offers it every event, in
+/// publish order; it must not block (write what the socket takes at once, queue the rest in
+/// its own bounded buffer, or count the event as missed).
+pub trait Sink: Send + Sync + 'static {
+    /// Takes `event`; false once the subscriber is gone, and the hub then forgets it.
+    fn offer(&self, event: &Arc<Published>) -> bool;
+    /// True once the subscriber is gone (not counted by [`Hub::subscribers`]).
+    fn gone(&self) -> bool;
+}
+
+/// Identifies a sink attached with [`Hub::attach`], for [`Hub::detach`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkId(u64);
+
+/// The sink behind a [`Subscription`]: its bounded buffer and its count of events dropped
 /// because that buffer was full.
-#[derive(Debug)]
-struct Subscriber {
+struct QueueSink {
     tx: mpsc::Sender<Arc<Published>>,
     lagged: Arc<AtomicU64>,
+}
+
+impl Sink for QueueSink {
+    fn offer(&self, event: &Arc<Published>) -> bool {
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.lagged.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+type Sinks = Arc<Vec<(SinkId, Arc<dyn Sink>)>>;
+
+/// One fan-out task's share of the subscribers. The list is copied on change, so a pass
+/// over it holds no lock while it writes to sockets.
+struct Shard {
+    sinks: Mutex<Sinks>,
+    len: AtomicUsize,
+    tx: mpsc::UnboundedSender<Arc<Published>>,
+    /// Taken when the shard's task is spawned (on the first attach, inside the runtime).
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<Published>>>>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Shard {
+            sinks: Mutex::default(),
+            len: AtomicUsize::new(0),
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Vec<(SinkId, Arc<dyn Sink>)>)) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            let mut v = sinks.as_ref().clone();
+            f(&mut v);
+            self.len.store(v.len(), Ordering::Release);
+            *sinks = Arc::new(v);
+        }
+    }
+
+    fn current(&self) -> Sinks {
+        self.sinks.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A fan-out task: offers each event to every sink of its shard and forgets the gone ones.
+/// Ends when the hub is dropped.
+async fn fan_out(shard: Arc<Shard>, mut rx: mpsc::UnboundedReceiver<Arc<Published>>) {
+    while let Some(event) = rx.recv().await {
+        let sinks = shard.current();
+        let gone: Vec<SinkId> = sinks
+            .iter()
+            .filter(|(_, s)| !s.offer(&event))
+            .map(|(id, _)| *id)
+            .collect();
+        if !gone.is_empty() {
+            shard.edit(|v| v.retain(|(id, _)| !gone.contains(id)));
+        }
+    }
 }
 
 /// Why [`Subscription::recv`] returned no event.
@@ -122,13 +208,25 @@ impl Subscription {
 }
 
 /// The hub. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Hub {
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    shards: Arc<[Arc<Shard>]>,
+    next_id: Arc<AtomicU64>,
+    /// The fan-out tasks, aborted when the last clone of the hub is dropped.
+    tasks: Arc<Mutex<Vec<AbortOnDropHandle<()>>>>,
     capacity: usize,
     active: Arc<RwLock<HashMap<Uuid, CallRecord>>>,
     extensions: Arc<RwLock<HashMap<String, ExtensionStatus>>>,
     stats: Arc<FanoutStats>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscribers", &self.subscribers())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Hub {
@@ -138,10 +236,16 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// A hub whose subscribers may fall `capacity` events behind before they lag.
+    /// A hub whose subscribers may fall `capacity` events behind before they lag, with one
+    /// fan-out task per core (spawned on the first subscription).
     pub fn new(capacity: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Hub {
-            subscribers: Arc::default(),
+            shards: (0..cores.clamp(1, 16))
+                .map(|_| Arc::new(Shard::new()))
+                .collect(),
+            next_id: Arc::default(),
+            tasks: Arc::default(),
             capacity: capacity.max(1),
             active: Arc::default(),
             extensions: Arc::default(),
@@ -152,6 +256,11 @@ impl Hub {
     /// Fan-out counters and latency (shown on `/health`).
     pub fn stats(&self) -> &FanoutStats {
         &self.stats
+    }
+
+    /// A shared handle on the fan-out counters, for a sink to record into.
+    pub fn stats_handle(&self) -> Arc<FanoutStats> {
+        self.stats.clone()
     }
 
     /// Publishes a call update and keeps the active-call set current; its cause arrived now.
@@ -234,32 +343,58 @@ impl Hub {
         self.send(Published::new(LiveEvent::Extension(status), origin));
     }
 
-    /// Queues `event` for every subscriber; a full buffer counts as lag for that subscriber
-    /// only, and subscribers that went away are forgotten.
+    /// Hands `event` to every fan-out task that has subscribers.
     fn send(&self, event: Arc<Published>) {
-        let Ok(mut subscribers) = self.subscribers.lock() else {
-            return;
-        };
-        subscribers.retain(|s| match s.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                s.lagged.fetch_add(1, Ordering::AcqRel);
-                true
+        for shard in self.shards.iter() {
+            if shard.len.load(Ordering::Acquire) > 0 {
+                let _ = shard.tx.send(event.clone());
             }
-            Err(TrySendError::Closed(_)) => false,
-        });
+        }
     }
 
-    /// A new subscription to everything published from now on.
+    /// How many events a subscriber may fall behind before it lags (`LIVE_BUFFER`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Attaches `sink`: it is offered every event published from now on, until it is
+    /// detached or gone. Must be called inside the tokio runtime (it may spawn the fan-out
+    /// task of its shard).
+    pub fn attach(&self, sink: Arc<dyn Sink>) -> SinkId {
+        let id = SinkId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let shard = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.len.load(Ordering::Acquire))
+            .expect("a hub has at least one shard");
+        if let Some(rx) = shard.rx.lock().ok().and_then(|mut rx| rx.take()) {
+            let task = AbortOnDropHandle::new(tokio::spawn(fan_out(shard.clone(), rx)));
+            if let Ok(mut tasks) = self.tasks.lock() {
+                tasks.push(task);
+            }
+        }
+        shard.edit(|v| v.push((id, sink)));
+        id
+    }
+
+    /// Detaches the sink `id` (a no-op when it is already gone).
+    pub fn detach(&self, id: SinkId) {
+        for shard in self.shards.iter() {
+            if shard.current().iter().any(|(i, _)| *i == id) {
+                shard.edit(|v| v.retain(|(i, _)| *i != id));
+            }
+        }
+    }
+
+    /// A new subscription to everything published from now on, with its own bounded buffer
+    /// (`capacity` events).
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = mpsc::channel(self.capacity);
         let lagged = Arc::new(AtomicU64::new(0));
-        if let Ok(mut subscribers) = self.subscribers.lock() {
-            subscribers.push(Subscriber {
-                tx,
-                lagged: lagged.clone(),
-            });
-        }
+        self.attach(Arc::new(QueueSink {
+            tx,
+            lagged: lagged.clone(),
+        }));
         Subscription { rx, lagged }
     }
 
@@ -287,10 +422,10 @@ impl Hub {
 
     /// Number of current subscribers.
     pub fn subscribers(&self) -> usize {
-        self.subscribers
-            .lock()
-            .map(|s| s.iter().filter(|s| !s.tx.is_closed()).count())
-            .unwrap_or(0)
+        self.shards
+            .iter()
+            .map(|s| s.current().iter().filter(|(_, s)| !s.gone()).count())
+            .sum()
     }
 }
 
