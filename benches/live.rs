@@ -16,7 +16,14 @@
 //!   reading the message. It adds the loopback hop and this process's 1,000 readers, which
 //!   share the machine's cores with the daemon (a real UI's browsers run elsewhere).
 //!
-//! Also prints the daemon's RSS with the clients connected.
+//! The clients run on one thread scheduled `SCHED_IDLE` (`LIVE_BENCH_CLIENTS_IDLE=0` to let
+//! them compete as equals). `LIVE_BENCH_FREEZE=1` blocks the clients' thread during each
+//! burst (30 ms), so the daemon's figure is taken with the load generator not running at all
+//! (the client latency is then not meaningful). `LIVE_BENCH_BURSTS=1` prints, per message-
+//! producing frame, when the last client read its message.
+//!
+//! Also prints the daemon's CPU time per message written and its RSS with the clients
+//! connected.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,28 +175,72 @@ fn clients_idle() -> bool {
     std::env::var("LIVE_BENCH_CLIENTS_IDLE").map_or(true, |v| v != "0")
 }
 
+/// Threads (each with its own single-threaded runtime) that run the WebSocket clients.
+const CLIENT_THREADS: usize = 2;
+
 fn main() {
-    // The clients run on the runtime's worker threads, scheduled SCHED_IDLE: the load
-    // generator takes the cores only when the daemon does not want them, as a UI's browsers
-    // on other machines would. The main thread (which spawns the daemons, so they inherit
-    // its policy, and times the ARI frames) keeps the normal policy.
+    // The clients run on their own single-threaded runtimes, on threads scheduled
+    // SCHED_IDLE: the load generator takes a core only when the daemon does not want it, as a
+    // UI's browsers on other machines would. The main runtime (which spawns the daemons, so
+    // they inherit its policy, serves the fake ARI and times the frames) keeps the normal
+    // policy.
     let idle = clients_idle();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(move || {
+    let mut threads = Vec::new();
+    let mut handles = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..CLIENT_THREADS {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        threads.push(std::thread::spawn(move || {
             if idle {
                 let param = libc::sched_param { sched_priority: 0 };
                 // SAFETY: changes the calling thread's (pid 0) policy; no memory effects.
                 unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
             }
-        })
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            handle_tx.send(rt.handle().clone()).unwrap();
+            let _ = rt.block_on(stop_rx);
+        }));
+        handles.push(handle_rx.recv().unwrap());
+        stops.push(stop_tx);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap()
-        .block_on(run(idle));
+        .block_on(run(idle, handles));
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for t in threads {
+        let _ = t.join();
+    }
 }
 
-async fn run(idle: bool) {
+/// Blocks the clients' runtimes (their threads wait on a plain channel, not in epoll, so the
+/// daemon's writes wake nothing in this process) until the returned sender is dropped.
+async fn freeze(client_rts: &[tokio::runtime::Handle]) -> std::sync::mpsc::Sender<()> {
+    let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+    let thaw_rx = Arc::new(Mutex::new(thaw_rx));
+    for rt in client_rts {
+        let (frozen_tx, frozen_rx) = tokio::sync::oneshot::channel();
+        let thaw_rx = thaw_rx.clone();
+        rt.spawn(async move {
+            let _ = frozen_tx.send(());
+            // Waits until the sender is dropped (every waiter then sees the disconnect).
+            let _ = thaw_rx.lock().map(|rx| rx.recv());
+        });
+        let _ = frozen_rx.await;
+    }
+    thaw_tx
+}
+
+async fn run(idle: bool, client_rts: Vec<tokio::runtime::Handle>) {
+    let frozen_bursts = std::env::var("LIVE_BENCH_FREEZE").is_ok_and(|v| v == "1");
     let capture = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/captures/inbound-answered/ari.jsonl"
@@ -206,7 +257,7 @@ async fn run(idle: bool) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!(
-        "machine: {} cores; {}; {rounds} calls per size; clients SCHED_IDLE: {idle}",
+        "machine: {} cores; {}; {rounds} calls per size; clients SCHED_IDLE: {idle}; clients frozen during each burst: {frozen_bursts}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -219,22 +270,39 @@ async fn run(idle: bool) {
         let d = daemon(&ari).await;
         let idle_kb = rss_kb(d.child.id());
         let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        // Wakes the timing loop once every client has its message (no polling while the
+        // daemon works).
+        let all_in = Arc::new(tokio::sync::Notify::new());
         let mut clients = Vec::new();
         while clients.len() < target {
-            let (ws, _) = tokio_tungstenite::connect_async(format!(
-                "ws://127.0.0.1:{}/ws?token=bench",
-                d.port
-            ))
-            .await
-            .unwrap();
+            let url = format!("ws://127.0.0.1:{}/ws?token=bench", d.port);
+            let client_rt = &client_rts[clients.len() % client_rts.len()];
+            let (ws, _) = client_rt
+                .spawn(async move { tokio_tungstenite::connect_async(url).await.unwrap() })
+                .await
+                .unwrap();
             let arrivals = arrivals.clone();
-            clients.push(tokio::spawn(async move {
+            let all_in = all_in.clone();
+            clients.push(client_rt.spawn(async move {
                 let mut ws = ws;
-                while let Some(Ok(m)) = ws.next().await {
-                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m
-                        && !t.contains("\"snapshot\"")
-                    {
-                        arrivals.lock().unwrap().push(Instant::now());
+                loop {
+                    // Read up to the next event message (skipping the snapshot).
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))
+                                if !t.contains("\"snapshot\"") =>
+                            {
+                                break;
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                    let now = Instant::now();
+                    let mut a = arrivals.lock().unwrap();
+                    a.push(now);
+                    if a.len() == target {
+                        all_in.notify_one();
                     }
                 }
             }));
@@ -253,12 +321,18 @@ async fn run(idle: bool) {
                 if triggers.contains(&i) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     arrivals.lock().unwrap().clear();
+                    let frozen = if frozen_bursts {
+                        Some(freeze(&client_rts).await)
+                    } else {
+                        None
+                    };
                     let sent = Instant::now();
                     tx.send(f.clone()).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while arrivals.lock().unwrap().len() < target && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    if let Some(thaw) = frozen {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        drop(thaw);
                     }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), all_in.notified()).await;
                     let burst: Vec<f64> = arrivals
                         .lock()
                         .unwrap()
@@ -288,9 +362,14 @@ async fn run(idle: bool) {
             .await
             .unwrap();
         let live = &health["live"];
+        let client = if frozen_bursts {
+            format!("clients frozen during each burst, read {n} after it")
+        } else {
+            format!("client (frame sent → message read) p50 {p50:.2} ms, p99 {p99:.2} ms over {n}")
+        };
         println!(
             "{target:>5} clients: daemon (ARI frame in → message written) p50 {} ms, p99 {} ms, max {} ms over {} messages; \
-             client (frame sent → message read) p50 {p50:.2} ms, p99 {p99:.2} ms over {n}; \
+             {client}; \
              resyncs {}, slow closed {}; daemon CPU per message written: user {:.1} µs, system {:.1} µs; \
              daemon RSS idle {:.1} MB, connected {:.1} MB, after {:.1} MB",
             live["latency"]["p50Ms"],

@@ -591,3 +591,91 @@ async fn a_stuck_client_is_closed_after_the_send_timeout() {
     fast.abort();
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn websocket_answers_ping_snapshot_requests_and_close() {
+    let db = support::sqlite().await;
+    let running = hub_daemon(&db, &[]).await;
+    let mut ws = connect(running.addr, "").await;
+    let first = read_until(&mut ws, |m| !m.is_empty()).await;
+    assert_eq!(names(&first), ["snapshot"]);
+
+    // A ping from the client gets its pong, with the same payload.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("no pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&pong[..], b"are you there");
+
+    // `snapshot` asks for a fresh snapshot; events keep coming after it.
+    running.hub.publish_extension(big_status(1));
+    ws.send(Message::Text("snapshot".into())).await.unwrap();
+    let got = read_until(&mut ws, |m| m.len() >= 2).await;
+    let mut got_names = names(&got);
+    got_names.sort();
+    assert_eq!(got_names, ["extension_status", "snapshot"]);
+    running.hub.publish_extension(big_status(2));
+    let got = read_until(&mut ws, |m| !m.is_empty()).await;
+    assert_eq!(got[0]["data"]["extension"], "1002");
+
+    // A close from the client is answered with a close frame, then the socket ends.
+    ws.send(Message::Close(None)).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut closed = false;
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(_)) => closed = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        closed
+    })
+    .await
+    .unwrap();
+    assert!(ended, "the daemon answered the close");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while running.hub.subscribers() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client is detached from the hub");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_websocket_handshake_gets_400_naming_the_header() {
+    let db = support::sqlite().await;
+    let running = hub_daemon(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/ws", running.addr);
+    let r = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "connection", "{body}");
+    let r = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "sec-websocket-version", "{body}");
+    running.shutdown().await;
+}
