@@ -55,7 +55,7 @@ pub struct ContactStatus {
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
     /// A call changed.
-    Call(CallUpdate),
+    Call(Box<CallUpdate>),
     /// An extension's registration changed.
     Extension(ExtensionStatus),
 }
@@ -277,7 +277,10 @@ impl Hub {
                 active.insert(update.record.id, update.record.clone());
             }
         }
-        self.send(Published::new(LiveEvent::Call(update.clone()), origin));
+        self.send(Published::new(
+            LiveEvent::Call(Box::new(update.clone())),
+            origin,
+        ));
     }
 
     /// Folds a registration event (`PeerStatusChange`, `ContactStatusChange`,

@@ -287,12 +287,7 @@ proptest! {
         let mut d = Decoder::new();
         for piece in bytes.chunks(cut) {
             d.feed(piece);
-            loop {
-                match d.next_message() {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = d.next_message() {}
         }
     }
 
