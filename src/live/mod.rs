@@ -159,7 +159,7 @@ impl Shard {
 }
 
 /// A fan-out task: offers each event to every sink of its shard and forgets the gone ones.
-/// Ends when the hub is dropped.
+/// The hub owns its handle: it is aborted when the last clone of the hub is dropped.
 async fn fan_out(shard: Arc<Shard>, mut rx: mpsc::UnboundedReceiver<Arc<Published>>) {
     while let Some(event) = rx.recv().await {
         let sinks = shard.current();
