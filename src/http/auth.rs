@@ -67,8 +67,12 @@ pub fn bearer_token(req: &Request) -> Option<String> {
 }
 
 /// Resolves a token to a principal: a static API token is an admin; a valid, unexpired
-/// login JWT carries its user's role.
-pub fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
+/// login JWT is its user with the role the user has now, as long as the user still exists
+/// and its password did not change after the token was issued (so `user remove` and
+/// `user passwd` revoke the tokens already handed out). None: not a valid token.
+///
+/// Errors: the user lookup failed (storage).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
     let static_ok = state
         .settings
         .core
@@ -77,17 +81,30 @@ pub fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
         .iter()
         .any(|t| bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())));
     if static_ok {
-        return Some(Principal {
+        return Ok(Some(Principal {
             name: "token".into(),
             role: Role::Admin,
-        });
+        }));
     }
-    let secret = state.settings.auth.jwt_secret.as_ref()?;
-    let claims = crate::users::token::verify(secret.expose(), token)?;
-    Some(Principal {
-        name: claims.sub,
-        role: claims.role,
-    })
+    let Some(secret) = state.settings.auth.jwt_secret.as_ref() else {
+        return Ok(None);
+    };
+    let Some(claims) = crate::users::token::verify(secret.expose(), token) else {
+        return Ok(None);
+    };
+    let Some((user, _)) = crate::users::store::find_for_login(&state.db, &claims.sub).await? else {
+        tracing::info!(user = %claims.sub, "token refused: the user no longer exists");
+        return Ok(None);
+    };
+    let changed = crate::db::parse_time("updated_at", &user.updated_at)?.timestamp();
+    if changed > claims.iat {
+        tracing::info!(user = %claims.sub, "token refused: issued before the user's last change");
+        return Ok(None);
+    }
+    Ok(Some(Principal {
+        name: user.username,
+        role: user.role,
+    }))
 }
 
 /// Middleware: 401 unless the request carries a valid token.
@@ -97,7 +114,9 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = bearer_token(&req).ok_or(ApiError::Unauthorized)?;
-    let principal = authenticate(&state, &token).ok_or(ApiError::Unauthorized)?;
+    let principal = authenticate(&state, &token)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }

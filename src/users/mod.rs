@@ -1,5 +1,6 @@
 //! Users of the web app: argon2id password hashes, roles (admin, viewer), JWT login tokens
-//! (HS256 with `JWT_SECRET`, lifetime `JWT_TTL`), and the per-IP / per-username limit on
+//! (HS256 with `JWT_SECRET`, lifetime `JWT_TTL`; a token is honoured only while its user
+//! exists and has not changed since it was issued), and the per-IP / per-username limit on
 //! failed logins.
 
 pub mod limiter;

@@ -329,3 +329,56 @@ async fn csv_export_and_stats() {
         running.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_and_remove_revoke_issued_tokens() {
+    for db in support::both().await {
+        users::add(&db.db, "rustam", "first password 1", Role::Viewer)
+            .await
+            .unwrap();
+        let (running, base) = daemon(&db).await;
+        let me = |token: String| {
+            let base = base.clone();
+            async move {
+                reqwest::Client::new()
+                    .get(format!("{base}/auth/me"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        let first: Value = login(&base, "rustam", "first password 1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let first = first["token"].as_str().unwrap().to_string();
+        assert_eq!(me(first.clone()).await, StatusCode::OK, "{}", db.backend);
+
+        // Signed with the right secret, but issued before the user existed (and claiming admin).
+        let now = chrono::Utc::now().timestamp();
+        let (stale, _) = token::issue(SECRET, "rustam", Role::Admin, now - 100, 3600).unwrap();
+        assert_eq!(me(stale).await, StatusCode::UNAUTHORIZED);
+
+        // A new password revokes the tokens issued before it (whole seconds apart).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        users::set_password(&db.db, "rustam", "second password 2")
+            .await
+            .unwrap();
+        assert_eq!(me(first).await, StatusCode::UNAUTHORIZED);
+        let second: Value = login(&base, "rustam", "second password 2")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let second = second["token"].as_str().unwrap().to_string();
+        assert_eq!(me(second.clone()).await, StatusCode::OK);
+
+        // Removing the user revokes everything it had.
+        users::remove(&db.db, "rustam").await.unwrap();
+        assert_eq!(me(second).await, StatusCode::UNAUTHORIZED);
+        running.shutdown().await;
+    }
+}
