@@ -53,6 +53,12 @@ async fn login(base: &str, user: &str, pass: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Logs in and returns the token (the login must succeed).
+async fn token_of(base: &str, user: &str, pass: &str) -> String {
+    let body: Value = login(base, user, pass).await.json().await.unwrap();
+    body["token"].as_str().expect("login succeeded").to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_tokens_roles_and_rate_limit() {
     for db in support::both().await {
@@ -95,12 +101,7 @@ async fn login_tokens_roles_and_rate_limit() {
             .unwrap();
         assert_eq!(r.status(), 200);
 
-        let viewer: Value = login(&base, "viewer1", "viewer password 1")
-            .await
-            .json()
-            .await
-            .unwrap();
-        let viewer_token = viewer["token"].as_str().unwrap();
+        let viewer_token = &token_of(&base, "viewer1", "viewer password 1").await;
         let me: Value = client
             .get(format!("{base}/auth/me"))
             .bearer_auth(viewer_token)
@@ -349,12 +350,7 @@ async fn passwd_and_remove_revoke_issued_tokens() {
                     .status()
             }
         };
-        let first: Value = login(&base, "rustam", "first password 1")
-            .await
-            .json()
-            .await
-            .unwrap();
-        let first = first["token"].as_str().unwrap().to_string();
+        let first = token_of(&base, "rustam", "first password 1").await;
         assert_eq!(me(first.clone()).await, StatusCode::OK, "{}", db.backend);
 
         // Signed with the right secret, but issued before the user existed (and claiming admin).
@@ -368,12 +364,7 @@ async fn passwd_and_remove_revoke_issued_tokens() {
             .await
             .unwrap();
         assert_eq!(me(first).await, StatusCode::UNAUTHORIZED);
-        let second: Value = login(&base, "rustam", "second password 2")
-            .await
-            .json()
-            .await
-            .unwrap();
-        let second = second["token"].as_str().unwrap().to_string();
+        let second = token_of(&base, "rustam", "second password 2").await;
         assert_eq!(me(second.clone()).await, StatusCode::OK);
 
         // Removing the user revokes everything it had.
