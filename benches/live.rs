@@ -168,7 +168,7 @@ async fn daemon(ari: &str) -> Daemon {
     }
 }
 
-/// Whether the bench's worker threads, which run the WebSocket clients, are scheduled
+/// Whether the bench's client threads, which run the WebSocket clients, are scheduled
 /// `SCHED_IDLE` (`LIVE_BENCH_CLIENTS_IDLE`, default 1; 0 to let them compete with the daemon
 /// as equals).
 fn clients_idle() -> bool {

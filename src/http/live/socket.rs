@@ -211,8 +211,8 @@ impl Client {
     }
 
     /// Sends a close frame behind any partly written frame (dropping the rest of the queue)
-    /// and gives the socket [`CLOSE_GRACE`] to take it.
-    async fn close(&self, code: u16, reason: &'static str) {
+    /// and drains it, waiting at most [`CLOSE_GRACE`] for room at a time.
+    async fn close(&self, hub: &Hub, code: u16, reason: &'static str) {
         {
             let mut out = self.lock();
             if out.closed {
@@ -227,17 +227,7 @@ impl Client {
             })));
             self.push(&mut out, &frame, None);
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            loop {
-                if self.write_queue(&mut self.lock()).is_err() || self.lock().queue.is_empty() {
-                    return;
-                }
-                if self.tcp.writable().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let _ = self.drain(hub, CLOSE_GRACE).await;
         self.lock().closed = true;
     }
 }
@@ -245,7 +235,8 @@ impl Client {
 impl Sink for Client {
     fn offer(&self, event: &Arc<Published>) -> bool {
         let Some(rendered) = messages::render(event, self.locale, &self.filter) else {
-            return !self.gone();
+            // Not for this client; a client that went away is detached by its own task.
+            return true;
         };
         let mut out = self.lock();
         if out.closed {
@@ -402,5 +393,5 @@ pub async fn run(upgraded: Upgraded, tcp: TcpStream, state: AppState, filter: Fi
         }
     };
     tracing::debug!(code, reason, "closing live WebSocket client");
-    client.close(code, reason).await;
+    client.close(hub, code, reason).await;
 }
