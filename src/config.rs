@@ -126,6 +126,8 @@ pub struct Settings {
     #[command(flatten)]
     pub ami: AmiSettings,
     #[command(flatten)]
+    pub cel: CelSettings,
+    #[command(flatten)]
     pub pjsip: PjsipSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
@@ -227,6 +229,28 @@ pub struct AriSettings {
     /// Stasis application name used by the dialplan's `Stasis(APP,...)`.
     #[arg(long, env = "ARI_APP", default_value = "callcenter", global = true)]
     pub ari_app: String,
+    /// Seconds between WebSocket pings on the ARI events connection; no frame and no pong
+    /// for 3 intervals means the link is dead and is reconnected.
+    #[arg(long, env = "ARI_PING_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600), global = true)]
+    pub ari_ping_interval: u64,
+}
+
+/// Asterisk's Channel Event Log (CEL), read to backfill calls missed while disconnected.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "CEL backfill")]
+pub struct CelSettings {
+    /// Database holding Asterisk's `cel` table: `postgres://USER@HOST/DB` (cel_pgsql) or
+    /// `sqlite:///var/log/asterisk/master.db` (cel_sqlite3_custom). Backfill is off when unset.
+    #[arg(
+        long,
+        env = "ASTERISK_CEL_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub asterisk_cel_url: Option<Secret>,
+    /// Seconds between two CEL sweeps (besides the backfill after every ARI (re)connect).
+    #[arg(long, env = "CEL_SWEEP_INTERVAL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub cel_sweep_interval: u64,
 }
 
 /// Asterisk Manager Interface.
@@ -252,6 +276,10 @@ pub struct AmiSettings {
         global = true
     )]
     pub ami_secret: Secret,
+    /// Seconds between AMI keep-alive `Ping` actions; no answer within 3 intervals means
+    /// the link is dead and is reconnected.
+    #[arg(long, env = "AMI_PING_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600), global = true)]
+    pub ami_ping_interval: u64,
 }
 
 /// PJSIP provisioning of extensions.

@@ -126,6 +126,11 @@ pub struct CallRecord {
     pub voicemail: bool,
     /// True when part of the record was rebuilt after a disconnect rather than seen live.
     pub reconstructed: bool,
+    /// How the record was built when not from the live ARI stream: `"cel"` for a call
+    /// backfilled from Asterisk's Channel Event Log; `None` for a call seen live.
+    pub origin: Option<String>,
+    /// The agent extension the call was transferred to (blind or attended), if any.
+    pub transferred_to: Option<String>,
     /// The hosted PBX's original item, kept whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<serde_json::Value>,
@@ -178,6 +183,8 @@ impl CallRecord {
             recording_path: None,
             voicemail: false,
             reconstructed: false,
+            origin: None,
+            transferred_to: None,
             raw: None,
             created_at: now,
             updated_at: now,

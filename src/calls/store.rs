@@ -10,12 +10,14 @@ use crate::db::{Db, DbError, format_time, get_bool, parse_time};
 
 const COLUMNS: &str = "id, source, external_id, direction, from_number, to_number, extension, \
     start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
-    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at";
+    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
+    origin, transferred_to";
 
 const UPSERT: &str = "INSERT INTO calls (id, source, external_id, direction, from_number, to_number, extension, \
     start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
-    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+    hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
+    origin, transferred_to) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
     ON CONFLICT (source, external_id) DO UPDATE SET \
     direction = excluded.direction, from_number = excluded.from_number, to_number = excluded.to_number, \
     extension = excluded.extension, start_time = excluded.start_time, answer_time = excluded.answer_time, \
@@ -24,7 +26,9 @@ const UPSERT: &str = "INSERT INTO calls (id, source, external_id, direction, fro
     hangup_cause_text = excluded.hangup_cause_text, dial_status = excluded.dial_status, \
     recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
     voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
-    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at";
+    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at, \
+    origin = excluded.origin, transferred_to = excluded.transferred_to \
+    WHERE COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed";
 
 /// Filters and paging of `GET /calls` (all optional; times compare with `start_time`).
 #[derive(Clone, Debug, Default)]
@@ -51,6 +55,10 @@ pub struct CallFilter {
 
 /// Writes the records in one transaction: inserted when new, updated (all fields but `id`
 /// and `created_at`) when (`source`, `call_id`) is already stored. Idempotent.
+///
+/// One rule guards the CEL backfill's work: a record marked `reconstructed` never
+/// overwrites a row whose `origin` is `cel` (a call that Asterisk's CEL saw whole is more
+/// exact than one the tracker finished from what it knew after a gap).
 pub async fn upsert_many(db: &Db, records: &[CallRecord]) -> Result<(), DbError> {
     if records.is_empty() {
         return Ok(());
@@ -108,6 +116,8 @@ fn bind_record<'q>(
         .bind(r.raw.as_ref().map(|v| v.to_string()))
         .bind(format_time(&r.created_at))
         .bind(format_time(&r.updated_at))
+        .bind(r.origin.as_deref())
+        .bind(r.transferred_to.as_deref())
 }
 
 /// One record by its UUID.
@@ -288,5 +298,7 @@ fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
         raw: opt(row, "raw")?.and_then(|s| serde_json::from_str(&s).ok()),
         created_at: parse_time("created_at", &text(row, "created_at")?)?,
         updated_at: parse_time("updated_at", &text(row, "updated_at")?)?,
+        origin: opt(row, "origin")?,
+        transferred_to: opt(row, "transferred_to")?,
     })
 }
