@@ -15,10 +15,34 @@
 //! - `extension`: the agent that answered first, else the first agent rung; for outbound
 //!   calls the agent that placed it.
 //!
+//! Transfers (captures `blind-transfer` and `attended-transfer`, README bullets of the same
+//! names):
+//! - A channel belongs to the call of the linkedid Asterisk reports for it *now*. When the
+//!   linkedid in an event's own channel snapshot (the event's channel, a `Dial`'s caller and
+//!   peer, a resync's REST channel) or the value of a `ChannelVarset` of `CHANNEL(linkedid)`
+//!   differs from the one the tracker holds, the channel moves: out of its old call, into the
+//!   new one (created if unknown). An attended transfer does this to the target's channel
+//!   (agent B's leg of the consultation call joins the customer's call).
+//! - The call a channel left ends like any call, once it has no channel left: its `endTime`
+//!   is its latest `ChannelDestroyed` (the consultation call ends when the transferer's
+//!   consult leg is destroyed, whether that comes before or after the move), or the time of
+//!   the move if none of its channels was destroyed.
+//! - A channel never moves back to a linkedid it left, and events of a channel already
+//!   destroyed are ignored (a bounded memory of ids): stale or reordered frames cannot
+//!   reopen an ended call or keep it open. The channel snapshots inside
+//!   `BridgeAttendedTransfer` / `BridgeBlindTransfer` (taken as the transfer starts, still
+//!   with the old linkedid) never move a channel.
+//! - `transferredTo`: an agent channel moving into a call is a transfer to that agent.
+//!   `BridgeAttendedTransfer` (result `Success`, destination not `threeway`) sets it on the
+//!   transferee's call (else the first leg's) to the agent of `transfer_target`, else the
+//!   agent of the consultation call. After a `BridgeBlindTransfer` (result `Success`) it is
+//!   the agent of the call's next `Dial`, then the agent that answers. `extension` stays
+//!   the agent that answered first.
+//!
 //! The tracker is pure and synchronous: no I/O, no clock. It is fed by the ARI consumer and
 //! by `replay`, and its output goes to the writer and the live hub.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -81,6 +105,8 @@ pub enum CallChange {
     Ringing,
     /// The called party answered.
     Answered,
+    /// The call was transferred to another agent (`transferred_to` is set or changed).
+    Transferred,
     /// The call is over (`status` is set).
     Ended,
 }
@@ -97,7 +123,15 @@ pub struct CallUpdate {
 #[derive(Debug)]
 struct ChanInfo {
     linkedid: String,
+    /// Linkedids the channel moved away from: a stale snapshot naming one never moves it back.
+    left: Vec<String>,
 }
+
+/// How many destroyed channel ids the tracker remembers (to ignore late events about them).
+const GONE_MEMORY: usize = 4096;
+
+/// The name under which `ChannelVarset` would report a linkedid change.
+const LINKEDID_VAR: &str = "CHANNEL(linkedid)";
 
 #[derive(Debug, Default)]
 struct Finals {
@@ -126,6 +160,11 @@ struct LiveCall {
     origin_cause: Option<(i64, String)>,
     last_cause: Option<(i64, String)>,
     last_destroyed: Option<DateTime<Utc>>,
+    /// When the call lost its last channel to another call (no channel of it destroyed).
+    last_left: Option<DateTime<Utc>>,
+    /// A blind transfer happened: the next agent dialled, then the one answering, is the
+    /// agent the call was transferred to.
+    blind_transfer: bool,
     change: Option<CallChange>,
 }
 
@@ -149,12 +188,22 @@ impl LiveCall {
             origin_cause: None,
             last_cause: None,
             last_destroyed: None,
+            last_left: None,
+            blind_transfer: false,
             change: None,
         }
     }
 
     fn mark(&mut self, change: CallChange) {
         self.change = Some(self.change.map_or(change, |c| c.max(change)));
+    }
+
+    /// Records that the call went to `agent`.
+    fn transfer_to(&mut self, agent: &str) {
+        if self.rec.transferred_to.as_deref() != Some(agent) {
+            self.rec.transferred_to = Some(agent.to_string());
+            self.mark(CallChange::Transferred);
+        }
     }
 }
 
@@ -180,6 +229,11 @@ pub struct Tracker {
     unconfirmed: Option<HashSet<String>>,
     /// Channels destroyed since the current connection began (until its resync).
     destroyed_since_connect: HashSet<String>,
+    /// The last [`GONE_MEMORY`] channels destroyed, oldest first, and the same as a set.
+    gone_order: VecDeque<String>,
+    gone: HashSet<String>,
+    /// Calls that lost a channel to another call during the current event (to settle).
+    vacated: Vec<String>,
     stats: TrackerStats,
 }
 
@@ -193,6 +247,9 @@ impl Tracker {
             calls: HashMap::new(),
             unconfirmed: None,
             destroyed_since_connect: HashSet::new(),
+            gone_order: VecDeque::new(),
+            gone: HashSet::new(),
+            vacated: Vec::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -234,6 +291,9 @@ impl Tracker {
         self.stats.events += 1;
         let Some(meta) = event.meta() else { return };
         let ts = meta.timestamp;
+        if self.about_gone_channel(event) {
+            return;
+        }
         let mut touched: Vec<String> = Vec::new();
         match event {
             Event::ChannelCreated { channel, .. } => {
@@ -275,6 +335,22 @@ impl Tracker {
                     let agent =
                         (tech != "Local" && self.agents.is_agent(res)).then(|| res.to_string());
                     if let Some(call) = self.calls.get_mut(&call_lid) {
+                        if call.blind_transfer
+                            && let Some(a) = &agent
+                        {
+                            match dialstatus.as_str() {
+                                "ANSWER" => {
+                                    call.transfer_to(a);
+                                    call.blind_transfer = false;
+                                }
+                                "" | "RINGING" | "PROGRESS" | "PROCEEDING"
+                                    if call.rec.transferred_to.is_none() =>
+                                {
+                                    call.transfer_to(a)
+                                }
+                                _ => {}
+                            }
+                        }
                         apply_dial(call, agent, dialstatus, ts);
                     }
                 }
@@ -286,7 +362,10 @@ impl Tracker {
                 channel: Some(channel),
                 ..
             } => {
-                let lid = self.touch(channel, ts);
+                let mut lid = self.touch(channel, ts);
+                if variable.eq_ignore_ascii_case(LINKEDID_VAR) && !value.is_empty() {
+                    lid = self.relink(channel, value, ts);
+                }
                 if variable == "DIALSTATUS"
                     && !value.is_empty()
                     && let Some(call) = self.calls.get_mut(&lid)
@@ -303,6 +382,7 @@ impl Tracker {
             } => {
                 let lid = self.touch(channel, ts);
                 self.channels.remove(&channel.id);
+                self.remember_gone(&channel.id);
                 if self.unconfirmed.is_some() {
                     self.destroyed_since_connect.insert(channel.id.clone());
                 }
@@ -317,14 +397,112 @@ impl Tracker {
                 }
                 touched.push(lid);
             }
+            Event::BridgeAttendedTransfer {
+                transferer_first_leg,
+                transferer_second_leg,
+                result,
+                destination_type,
+                transferee,
+                transfer_target,
+                ..
+            } => {
+                // The channels in this event are snapshots from before the transfer (the
+                // target still shows the consultation's linkedid): they move nothing.
+                let done = result.eq_ignore_ascii_case("Success")
+                    && !matches!(destination_type.as_str(), "threeway" | "fail");
+                let customer = transferee
+                    .as_ref()
+                    .and_then(|c| self.call_of(c))
+                    .or_else(|| self.call_of(transferer_first_leg));
+                let consult = self.call_of(transferer_second_leg);
+                let target_agent = transfer_target
+                    .as_ref()
+                    .filter(|c| !c.is_local())
+                    .map(|c| c.endpoint().1)
+                    .filter(|res| self.agents.is_agent(res))
+                    .map(str::to_string)
+                    .or_else(|| {
+                        let call = self.calls.get(consult.as_deref()?)?;
+                        call.answered_by.clone().or_else(|| call.rung.clone())
+                    });
+                if done
+                    && let Some(lid) = customer
+                    && let Some(agent) = target_agent
+                    && let Some(call) = self.calls.get_mut(&lid)
+                {
+                    call.transfer_to(&agent);
+                    touched.push(lid);
+                }
+            }
+            Event::BridgeBlindTransfer {
+                channel,
+                result,
+                transferee,
+                ..
+            } => {
+                let lid = self.touch(channel, ts);
+                if result.eq_ignore_ascii_case("Success") {
+                    let call_lid = transferee
+                        .as_ref()
+                        .and_then(|c| self.call_of(c))
+                        .unwrap_or_else(|| lid.clone());
+                    if let Some(call) = self.calls.get_mut(&call_lid) {
+                        call.blind_transfer = true;
+                        touched.push(call_lid);
+                    }
+                }
+                touched.push(lid);
+            }
             other => {
                 if let Some(channel) = other.channel() {
                     touched.push(self.touch(channel, ts));
                 }
             }
         }
+        touched.append(&mut self.vacated);
         for lid in touched {
             self.settle(&lid, out);
+        }
+    }
+
+    /// The linkedid of the call `ch` belongs to: as the tracker knows the channel, else from
+    /// its snapshot when that call is known. Registers nothing.
+    fn call_of(&self, ch: &Channel) -> Option<String> {
+        match self.channels.get(&ch.id) {
+            Some(info) => Some(info.linkedid.clone()),
+            None => ch
+                .linkedid()
+                .filter(|l| self.calls.contains_key(*l))
+                .map(str::to_string),
+        }
+    }
+
+    /// True when the event is about a channel already destroyed (late or reordered frame).
+    fn about_gone_channel(&self, event: &Event) -> bool {
+        if self.gone.is_empty() {
+            return false;
+        }
+        let caller = match event {
+            Event::Dial {
+                caller: Some(c), ..
+            } => Some(c),
+            _ => None,
+        };
+        event
+            .channel()
+            .into_iter()
+            .chain(caller)
+            .any(|c| self.gone.contains(&c.id))
+    }
+
+    fn remember_gone(&mut self, id: &str) {
+        if self.gone.insert(id.to_string()) {
+            self.gone_order.push_back(id.to_string());
+            while self.gone_order.len() > GONE_MEMORY {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone.remove(&old);
+                }
+            }
         }
     }
 
@@ -370,9 +548,16 @@ impl Tracker {
             if self.destroyed_since_connect.contains(&ch.id) {
                 continue;
             }
+            // A linkedid that changed while disconnected moves the channel now.
+            if let Some(now_lid) = ch.linkedid()
+                && self.channels.contains_key(&ch.id)
+            {
+                self.relink(ch, now_lid, now);
+            }
             let lid = self.touch(ch, ch.creationtime);
             touched.push(lid);
         }
+        touched.append(&mut self.vacated);
         self.destroyed_since_connect.clear();
         // Calls up in a bridge whose answer was not seen: take the bridge's creation as the answer.
         for b in bridges.iter().filter(|b| b.channels.len() >= 2) {
@@ -438,8 +623,12 @@ impl Tracker {
         if let Some(unconfirmed) = self.unconfirmed.as_mut() {
             unconfirmed.remove(&ch.id);
         }
-        let lid = match self.channels.get(&ch.id) {
-            Some(info) => info.linkedid.clone(),
+        let known = self.channels.get(&ch.id).map(|info| info.linkedid.clone());
+        let lid = match known {
+            Some(current) => match ch.linkedid() {
+                Some(now) if now != current => self.relink(ch, now, ts),
+                _ => current,
+            },
             None => {
                 let lid = ch
                     .linkedid()
@@ -450,16 +639,10 @@ impl Tracker {
                     ch.id.clone(),
                     ChanInfo {
                         linkedid: lid.clone(),
+                        left: Vec::new(),
                     },
                 );
-                let source = self.source;
-                let call = self.calls.entry(lid.clone()).or_insert_with(|| {
-                    let start = ch.creationtime.min(ts);
-                    let mut c =
-                        LiveCall::new(CallRecord::new(source, &lid, Direction::Inbound, start));
-                    c.mark(CallChange::Created);
-                    c
-                });
+                let call = self.call_entry(&lid, ch, ts);
                 call.channels.insert(ch.id.clone());
                 if ch.creationtime < call.rec.start_time && call.last_written.is_none() {
                     call.rec.start_time = ch.creationtime;
@@ -501,6 +684,48 @@ impl Tracker {
         lid
     }
 
+    /// The live call `lid`, created (ringing, starting when `ch` was created) if unknown.
+    fn call_entry(&mut self, lid: &str, ch: &Channel, ts: DateTime<Utc>) -> &mut LiveCall {
+        let source = self.source;
+        self.calls.entry(lid.to_string()).or_insert_with(|| {
+            let start = ch.creationtime.min(ts);
+            let mut c = LiveCall::new(CallRecord::new(source, lid, Direction::Inbound, start));
+            c.mark(CallChange::Created);
+            c
+        })
+    }
+
+    /// Asterisk changed the linkedid of the known channel `ch` to `new_lid` (an attended
+    /// transfer): moves it out of its call into the call `new_lid`, at `ts`. A linkedid the
+    /// channel already left is stale and ignored. Returns the channel's linkedid afterwards.
+    fn relink(&mut self, ch: &Channel, new_lid: &str, ts: DateTime<Utc>) -> String {
+        let Some(info) = self.channels.get_mut(&ch.id) else {
+            return new_lid.to_string();
+        };
+        if info.linkedid == new_lid || info.left.iter().any(|l| l == new_lid) {
+            return info.linkedid.clone();
+        }
+        let old = std::mem::replace(&mut info.linkedid, new_lid.to_string());
+        info.left.push(old.clone());
+        if let Some(call) = self.calls.get_mut(&old) {
+            call.channels.remove(&ch.id);
+            if call.channels.is_empty() && call.last_destroyed.is_none() {
+                call.last_left = Some(ts);
+            }
+            self.vacated.push(old);
+        }
+        let (tech, res) = ch.endpoint();
+        let agent = (tech != "Local" && self.agents.is_agent(res)).then(|| res.to_string());
+        let call = self.call_entry(new_lid, ch, ts);
+        call.channels.insert(ch.id.clone());
+        call.last_left = None;
+        // An agent's channel joining the call from another call: the call went to that agent.
+        if let Some(agent) = agent {
+            call.transfer_to(&agent);
+        }
+        new_lid.to_string()
+    }
+
     /// Derives the record from what the call knows; emits an update when it changed; ends
     /// the call when its last channel is gone.
     fn settle(&mut self, lid: &str, out: &mut Vec<CallUpdate>) {
@@ -508,7 +733,8 @@ impl Tracker {
             return;
         };
         derive(call, &self.agents);
-        let ended = call.channels.is_empty() && call.last_destroyed.is_some();
+        let ended =
+            call.channels.is_empty() && (call.last_destroyed.is_some() || call.last_left.is_some());
         if ended {
             finish(call);
             call.mark(CallChange::Ended);
@@ -617,7 +843,10 @@ fn derive(call: &mut LiveCall, agents: &AgentMatcher) {
 
 /// Ends the call: end time, duration, billsec, status, hangup cause.
 fn finish(call: &mut LiveCall) {
-    let end = call.last_destroyed.unwrap_or(call.rec.start_time);
+    let end = call
+        .last_destroyed
+        .or(call.last_left)
+        .unwrap_or(call.rec.start_time);
     let rec = &mut call.rec;
     rec.end_time = Some(end);
     rec.duration = CallRecord::whole_seconds(rec.start_time, end);
