@@ -908,3 +908,394 @@ pub fn status_of_cause(cause: i64) -> CallStatus {
         _ => CallStatus::Missed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The transfer captures through the tracker: the records must be those of the
+    //! capture's `expected.json` (times within 1 s, billsec ±1, as the other capture tests),
+    //! whatever the order of the transfer's frames.
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::ari::events::parse;
+    use crate::calls::ingest::Pipeline;
+
+    const CUSTOMER: &str = "1796180534.51";
+    const CONSULT: &str = "1796180539.53";
+    /// Agent 1002's leg: created in the consultation call, moved to the customer's.
+    const TARGET_LEG: &str = "1796180539.54";
+    /// Agent 1001's consult leg (the transferer's second leg).
+    const CONSULT_LEG: &str = "1796180539.53";
+
+    fn capture_dir(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/captures")
+            .join(name)
+    }
+
+    fn frames(name: &str) -> Vec<String> {
+        std::fs::read_to_string(capture_dir(name).join("ari.jsonl"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn expected(name: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(capture_dir(name).join("expected.json")).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["calls"].as_array().unwrap().clone()
+    }
+
+    /// Every update of a run, and the last record of each call.
+    struct Run {
+        updates: Vec<CallUpdate>,
+        records: Vec<CallRecord>,
+    }
+
+    fn run_frames(frames: &[String]) -> Run {
+        let mut t = Tracker::new(AgentMatcher::default());
+        let mut updates = Vec::new();
+        for f in frames {
+            t.apply(&parse(f).unwrap(), &mut updates);
+        }
+        assert!(t.active().is_empty(), "calls left open: {:#?}", t.active());
+        Run::from(updates)
+    }
+
+    impl From<Vec<CallUpdate>> for Run {
+        fn from(updates: Vec<CallUpdate>) -> Self {
+            let mut records: Vec<CallRecord> = Vec::new();
+            for u in &updates {
+                match records.iter_mut().find(|r| r.id == u.record.id) {
+                    Some(r) => *r = u.record.clone(),
+                    None => records.push(u.record.clone()),
+                }
+            }
+            Run { updates, records }
+        }
+    }
+
+    fn ms(v: &Value) -> Option<DateTime<Utc>> {
+        v.as_str()
+            .map(|s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+    }
+
+    fn assert_expected(scenario: &str, run: &Run) {
+        let want = expected(scenario);
+        assert_eq!(
+            run.records.len(),
+            want.len(),
+            "{scenario}: {:#?}",
+            run.records
+        );
+        for e in &want {
+            let id = e["callId"].as_str().unwrap();
+            let r = run
+                .records
+                .iter()
+                .find(|r| r.call_id == id)
+                .unwrap_or_else(|| panic!("{scenario}: no record for {id}"));
+            let j = serde_json::to_value(r).unwrap();
+            for k in ["direction", "fromNumber", "toNumber", "extension", "status"] {
+                assert_eq!(j[k], e[k], "{scenario} {id}: {k}");
+            }
+            for k in ["startTime", "answerTime", "endTime"] {
+                let close = match (ms(&j[k]), ms(&e[k])) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => (a - b).num_milliseconds().abs() <= 1000,
+                    _ => false,
+                };
+                assert!(close, "{scenario} {id}: {k}: got {} want {}", j[k], e[k]);
+            }
+            let want_bill = e["billsec"].as_i64().unwrap();
+            assert!(
+                (r.billsec - want_bill).abs() <= 1,
+                "{scenario} {id}: billsec {} want {want_bill}",
+                r.billsec
+            );
+        }
+        // No call doubled: each call ends exactly once.
+        for r in &run.records {
+            let ends = run
+                .updates
+                .iter()
+                .filter(|u| u.record.id == r.id && u.change == CallChange::Ended)
+                .count();
+            assert_eq!(ends, 1, "{scenario} {}: Ended updates", r.call_id);
+        }
+    }
+
+    fn record<'a>(run: &'a Run, call_id: &str) -> &'a CallRecord {
+        run.records.iter().find(|r| r.call_id == call_id).unwrap()
+    }
+
+    fn assert_attended(label: &str, run: &Run) {
+        assert_expected("attended-transfer", run);
+        let customer = record(run, CUSTOMER);
+        assert_eq!(
+            customer.transferred_to.as_deref(),
+            Some("1002"),
+            "{label}: customer's call"
+        );
+        assert_eq!(customer.extension.as_deref(), Some("1001"), "{label}");
+        let consult = record(run, CONSULT);
+        assert_eq!(consult.transferred_to, None, "{label}: consultation call");
+        // The consultation ends at the transfer (its consult leg's destroy), before the
+        // customer's call ends, and 1002's talk with the customer is counted once.
+        assert_eq!(
+            consult
+                .end_time
+                .map(|t| crate::db::format_time(&t))
+                .as_deref(),
+            Some("2026-12-02T03:02:24.568Z"),
+            "{label}"
+        );
+        assert_eq!(consult.billsec, 3, "{label}");
+        let consult_end = run
+            .updates
+            .iter()
+            .position(|u| u.record.call_id == CONSULT && u.change == CallChange::Ended)
+            .unwrap();
+        let customer_end = run
+            .updates
+            .iter()
+            .position(|u| u.record.call_id == CUSTOMER && u.change == CallChange::Ended)
+            .unwrap();
+        assert!(consult_end < customer_end, "{label}");
+        let transferred = run
+            .updates
+            .iter()
+            .position(|u| u.record.call_id == CUSTOMER && u.change == CallChange::Transferred)
+            .unwrap_or_else(|| panic!("{label}: no Transferred update"));
+        assert!(transferred < customer_end, "{label}");
+    }
+
+    /// Index (0-based) of the first frame of `type_name` for channel `id`.
+    fn find(frames: &[String], type_name: &str, id: &str) -> usize {
+        frames
+            .iter()
+            .position(|f| {
+                let ev = parse(f).unwrap();
+                ev.type_name() == type_name && ev.channel().is_some_and(|c| c.id == id)
+            })
+            .unwrap_or_else(|| panic!("no {type_name} for {id}"))
+    }
+
+    /// Index of the first frame whose channel `id` carries linkedid `lid`.
+    fn first_with_linkedid(frames: &[String], id: &str, lid: &str) -> usize {
+        frames
+            .iter()
+            .position(|f| {
+                parse(f)
+                    .unwrap()
+                    .channel()
+                    .is_some_and(|c| c.id == id && c.linkedid() == Some(lid))
+            })
+            .unwrap()
+    }
+
+    fn bat(frames: &[String]) -> usize {
+        frames
+            .iter()
+            .position(|f| parse(f).unwrap().type_name() == "BridgeAttendedTransfer")
+            .unwrap()
+    }
+
+    #[test]
+    fn attended_transfer_capture_through_the_pipeline_gives_expected_json() {
+        let msgs = crate::ari::capture::load(&capture_dir("attended-transfer")).unwrap();
+        let mut p = Pipeline::new(Tracker::new(AgentMatcher::default()), None, None, None);
+        let mut updates = Vec::new();
+        for m in msgs {
+            updates.extend(p.handle(m).iter().cloned());
+        }
+        assert!(p.tracker().active().is_empty());
+        let run = Run::from(updates);
+        assert_attended("capture", &run);
+        // The move happens at the first frame showing 1002's leg with the customer's
+        // linkedid (before BridgeAttendedTransfer in this capture).
+        let f = frames("attended-transfer");
+        assert!(first_with_linkedid(&f, TARGET_LEG, CUSTOMER) < bat(&f));
+    }
+
+    #[test]
+    fn blind_transfer_capture_still_matches_and_has_transferred_to() {
+        let run = run_frames(&frames("blind-transfer"));
+        assert_expected("blind-transfer", &run);
+        let r = &run.records[0];
+        assert_eq!(r.transferred_to.as_deref(), Some("1002"));
+        assert_eq!(r.extension.as_deref(), Some("1001"));
+        assert!(
+            run.updates
+                .iter()
+                .any(|u| u.change == CallChange::Transferred
+                    && u.record.transferred_to.as_deref() == Some("1002"))
+        );
+    }
+
+    #[test]
+    fn captures_without_transfer_have_no_transferred_to() {
+        for name in [
+            "inbound-answered",
+            "inbound-queue",
+            "internal",
+            "click-to-call",
+            "burst",
+        ] {
+            let run = run_frames(&frames(name));
+            assert_expected(name, &run);
+            assert!(
+                run.records.iter().all(|r| r.transferred_to.is_none()),
+                "{name}"
+            );
+            assert!(
+                run.updates
+                    .iter()
+                    .all(|u| u.change != CallChange::Transferred),
+                "{name}"
+            );
+        }
+    }
+
+    /// The transfer's frames in other orders: the move (1002's leg showing the customer's
+    /// linkedid) after `BridgeAttendedTransfer`, the consult leg destroyed before the move,
+    /// both, and a stale snapshot after the move. Same two records every time.
+    #[test]
+    fn attended_transfer_reordered_gives_the_same_records() {
+        let orig = frames("attended-transfer");
+        let moved = first_with_linkedid(&orig, TARGET_LEG, CUSTOMER);
+        let bat_at = bat(&orig);
+        let destroy = find(&orig, "ChannelDestroyed", CONSULT_LEG);
+        assert!(moved < bat_at && bat_at < destroy);
+        let is_target_leg = |f: &String| {
+            parse(f)
+                .unwrap()
+                .channel()
+                .is_some_and(|c| c.id == TARGET_LEG)
+        };
+
+        // 1. BridgeAttendedTransfer before any frame with 1002's new linkedid.
+        let mut v = orig.clone();
+        let b = v.remove(bat_at);
+        v.insert(moved, b);
+        assert_attended("transfer event first", &run_frames(&v));
+
+        // 2. Every frame of 1002's leg from the move until the consult leg's destroy comes
+        //    after that destroy: the consultation call has lost its last destroyed channel
+        //    first and must still end at that destroy, not run on.
+        let mut v = orig.clone();
+        let mut late = Vec::new();
+        let mut i = moved;
+        let mut end = destroy;
+        while i < end {
+            if is_target_leg(&v[i]) {
+                late.push(v.remove(i));
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        for (k, f) in late.into_iter().enumerate() {
+            v.insert(end + 1 + k, f);
+        }
+        assert!(bat(&v) < first_with_linkedid(&v, TARGET_LEG, CUSTOMER));
+        assert!(
+            find(&v, "ChannelDestroyed", CONSULT_LEG)
+                < first_with_linkedid(&v, TARGET_LEG, CUSTOMER)
+        );
+        assert_attended("move after destroy", &run_frames(&v));
+
+        // 3. The consult leg's destroy right before the move (its later frames are then
+        //    about a destroyed channel and must be ignored).
+        let mut v = orig.clone();
+        let d = v.remove(destroy);
+        v.insert(moved, d);
+        assert_attended("destroy first", &run_frames(&v));
+
+        // 4. A stale frame of 1002's leg (still the consultation's linkedid) after the move
+        //    and after the consultation ended: it moves nothing back and reopens nothing.
+        let stale = orig[..moved]
+            .iter()
+            .rev()
+            .find(|f| is_target_leg(f))
+            .unwrap()
+            .clone();
+        let mut v = orig.clone();
+        v.insert(destroy + 1, stale.clone());
+        v.insert(moved + 1, stale);
+        assert_attended("stale snapshot", &run_frames(&v));
+    }
+
+    /// A `ChannelVarset` of `CHANNEL(linkedid)` moves the channel by its value, even when
+    /// the snapshot in the frame still shows the old linkedid. (The lab capture has no such
+    /// frame: Asterisk 22.10.1 reported the change only through `channelvars`. This one is
+    /// the capture's own `ChannelVarset` frame for 1002's leg with the variable renamed.)
+    #[test]
+    fn attended_transfer_linkedid_varset_moves_the_channel() {
+        let orig = frames("attended-transfer");
+        let moved = first_with_linkedid(&orig, TARGET_LEG, CUSTOMER);
+        let stale = orig[..moved]
+            .iter()
+            .rev()
+            .find(|f| {
+                let ev = parse(f).unwrap();
+                ev.type_name() == "ChannelVarset"
+                    && ev.channel().is_some_and(|c| c.id == TARGET_LEG)
+            })
+            .unwrap();
+        let mut v: Value = serde_json::from_str(stale).unwrap();
+        v["variable"] = LINKEDID_VAR.into();
+        v["value"] = CUSTOMER.into();
+        let mut t = Tracker::new(AgentMatcher::default());
+        let mut updates = Vec::new();
+        for f in &orig[..moved] {
+            t.apply(&parse(f).unwrap(), &mut updates);
+        }
+        let before = updates.len();
+        t.apply(&parse(&v.to_string()).unwrap(), &mut updates);
+        assert_eq!(
+            t.channels.get(TARGET_LEG).map(|c| c.linkedid.as_str()),
+            Some(CUSTOMER)
+        );
+        assert!(
+            updates[before..]
+                .iter()
+                .any(|u| u.record.call_id == CUSTOMER
+                    && u.change == CallChange::Transferred
+                    && u.record.transferred_to.as_deref() == Some("1002"))
+        );
+        for f in &orig[moved..] {
+            t.apply(&parse(f).unwrap(), &mut updates);
+        }
+        assert!(t.active().is_empty());
+        assert_attended("varset", &Run::from(updates));
+    }
+
+    #[test]
+    fn attended_transfer_call_that_lost_every_channel_ends_at_the_move() {
+        let orig = frames("attended-transfer");
+        let moved = first_with_linkedid(&orig, TARGET_LEG, CUSTOMER);
+        let destroy = find(&orig, "ChannelDestroyed", CONSULT_LEG);
+        // Without the consult leg's destroy the consultation call keeps that leg open; the
+        // leg then shows up in the customer's call too (as after a bridge merge).
+        let mut v: Vec<String> = orig.clone();
+        v.remove(destroy);
+        let consult_leg_moved = orig[moved]
+            .replace(TARGET_LEG, CONSULT_LEG)
+            .replace("PJSIP/1002-0000002e", "PJSIP/1001-0000002d");
+        v.insert(moved + 1, consult_leg_moved);
+        let mut t = Tracker::new(AgentMatcher::default());
+        let mut updates = Vec::new();
+        for f in &v {
+            t.apply(&parse(f).unwrap(), &mut updates);
+        }
+        let run = Run::from(updates);
+        let consult = record(&run, CONSULT);
+        let at = parse(&v[moved + 1]).unwrap().meta().unwrap().timestamp;
+        assert_eq!(consult.end_time, Some(at));
+        assert_eq!(consult.status, Some(CallStatus::Answered));
+    }
+}
