@@ -128,6 +128,46 @@ impl Pipeline {
                 self.stats.unknown_types.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(r#type = %type_name, "ARI event type not modelled; kept raw");
             }
+            Event::BridgeAttendedTransfer {
+                transferer_first_leg: first,
+                transferer_second_leg: second,
+                transferee,
+                transfer_target,
+                result,
+                destination_type,
+                ..
+            } => {
+                let lid = |c: &crate::ari::models::Channel| {
+                    c.linkedid().map_or_else(|| c.id.clone(), str::to_string)
+                };
+                tracing::info!(
+                    call_id = %transferee.as_ref().map_or_else(|| lid(first), lid),
+                    consult_call_id = %lid(second),
+                    from = %first.endpoint().1,
+                    to = %transfer_target.as_ref().map_or(second.connected.number.as_str(), |t| t.endpoint().1),
+                    result = %result,
+                    destination = %destination_type,
+                    "attended transfer"
+                );
+            }
+            Event::BridgeBlindTransfer {
+                channel,
+                transferee,
+                exten,
+                context,
+                result,
+                ..
+            } => {
+                let call = transferee.as_ref().unwrap_or(channel);
+                tracing::info!(
+                    call_id = %call.linkedid().unwrap_or(call.id.as_str()),
+                    from = %channel.endpoint().1,
+                    to = %exten,
+                    context = %context,
+                    result = %result,
+                    "blind transfer"
+                );
+            }
             Event::ApplicationReplaced { .. } => {
                 tracing::error!(
                     "ARI application taken over by another connection (ApplicationReplaced): is a second pbxbridge running with the same ARI_APP?"
@@ -171,6 +211,12 @@ fn log_update(u: &CallUpdate) {
             cause_txt = r.hangup_cause_text.as_deref().unwrap_or(""),
             reconstructed = r.reconstructed,
             "call ended"
+        ),
+        CallChange::Transferred => tracing::debug!(
+            call_id = %r.call_id,
+            extension = ext,
+            transferred_to = r.transferred_to.as_deref().unwrap_or("-"),
+            "call record transferred"
         ),
         CallChange::Updated => tracing::debug!(call_id = %r.call_id, "call record updated"),
     }

@@ -4,8 +4,10 @@
 //!
 //! - `incoming_call` `{callId, source, fromNumber, toNumber, extension, direction, startTime, state: "ringing", labels}`:
 //!   a call starts ringing toward an agent (inbound or internal).
-//! - `call_status` `{callId, source, state, status, extension, answerTime, endTime, duration, billsec, labels}`:
-//!   on every state change (ringing for outbound calls, connected, ended or missed).
+//! - `call_status` `{callId, source, state, status, extension, transferredTo, answerTime, endTime, duration, billsec, labels}`:
+//!   on every state change (ringing for outbound calls, connected, transferred, ended or
+//!   missed). `transferredTo` is the agent the call was transferred to (null when none).
+//! - the call JSON in `snapshot` is the API's, which carries `transferredTo` too.
 //! - `extension_status` `{extension, state: "online"|"offline", contacts: [{uri, status, rttMs}]}`.
 //! - `snapshot` `{calls: [call JSON...], extensions: [extension_status data...]}`.
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
@@ -183,7 +185,7 @@ pub fn call_message(u: &CallUpdate, locale: Locale) -> Option<(&'static str, Val
             }),
         )),
         CallChange::Created if !incoming => Some(("call_status", status_data(r, locale, now))),
-        CallChange::Answered | CallChange::Ended => {
+        CallChange::Answered | CallChange::Transferred | CallChange::Ended => {
             Some(("call_status", status_data(r, locale, now)))
         }
         _ => None,
@@ -198,6 +200,7 @@ fn status_data(r: &CallRecord, locale: Locale, now: chrono::DateTime<Utc>) -> Va
         "state": r.state,
         "status": r.status,
         "extension": r.extension,
+        "transferredTo": r.transferred_to,
         "answerTime": j["answerTime"],
         "endTime": j["endTime"],
         "duration": j["duration"],

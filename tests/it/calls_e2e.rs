@@ -197,6 +197,49 @@ capture_tests! {
     serve_burst => "burst",
 }
 
+/// Attended transfer through `serve` and the fake Asterisk, on both backends: `/calls` has
+/// exactly the customer's call (transferred to 1002, ended when 1002 hung up) and the
+/// consultation call, which ended at the transfer instead of running on until 1002 hung up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_attended_transfer_gives_two_calls_and_the_consultation_ends_at_the_transfer() {
+    let dir = capture("attended-transfer");
+    let want = expected(&dir);
+    for db in support::both().await {
+        let fake = Fake::from_capture(&dir);
+        let (url, server) = fake.start().await;
+        let running = pbxbridge::app::start(serve_settings(&db, &url))
+            .await
+            .unwrap();
+        let records = wait_for_ended(&db, want.len()).await;
+        let client = reqwest::Client::new();
+        let get = |path: &str| {
+            client
+                .get(format!("http://{}{path}", running.addr))
+                .bearer_auth("test-token")
+                .send()
+        };
+        let calls: Value = get("/calls").await.unwrap().json().await.unwrap();
+        let active: Value = get("/calls/active").await.unwrap().json().await.unwrap();
+        running.shutdown().await;
+        server.abort();
+        let label = format!("attended-transfer on {}", db.backend);
+        assert_matches(&label, &records, &want);
+        assert_eq!(calls["total"], 2, "{label}: {calls}");
+        assert_eq!(active["total"], 0, "{label}: {active}");
+        let items = calls["items"].as_array().unwrap();
+        let item = |id: &str| items.iter().find(|c| c["callId"] == id).unwrap();
+        let customer = item("1796180534.51");
+        assert_eq!(customer["transferredTo"], "1002", "{label}");
+        assert_eq!(customer["extension"], "1001", "{label}");
+        assert_eq!(customer["endTime"], "2026-12-02T03:02:27.075Z", "{label}");
+        let consult = item("1796180539.53");
+        assert_eq!(consult["endTime"], "2026-12-02T03:02:24.568Z", "{label}");
+        assert_eq!(consult["billsec"], 3, "{label}");
+        assert_eq!(consult["state"], "ended", "{label}");
+        assert!(consult["transferredTo"].is_null(), "{label}");
+    }
+}
+
 /// The reconnect capture gives the same record as an unbroken stream would.
 #[tokio::test]
 async fn reconnect_equals_unbroken_stream() {

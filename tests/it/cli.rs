@@ -121,6 +121,52 @@ fn replay_stores_unless_dry_run_and_twice_is_the_same() {
     });
 }
 
+/// `replay` of the attended-transfer capture stores exactly the customer's call and the
+/// consultation call (which ends at the transfer), on SQLite and PostgreSQL, and a second
+/// replay changes nothing.
+#[test]
+fn replay_attended_transfer_stores_two_calls_on_both_backends() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dbs = rt.block_on(crate::support::both());
+    let dir = crate::support::fixtures().join("captures/attended-transfer");
+    for db in &dbs {
+        for _ in 0..2 {
+            let out = pbxbridge()
+                .env("DATABASE_URL", &db.url)
+                .arg("replay")
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+        }
+        rt.block_on(async {
+            let (items, total) = pbxbridge::calls::store::list(&db.db, &Default::default())
+                .await
+                .unwrap();
+            assert_eq!(total, 2, "{}", db.backend);
+            let find = |id: &str| items.iter().find(|r| r.call_id == id).unwrap();
+            let customer = find("1796180534.51");
+            assert_eq!(customer.transferred_to.as_deref(), Some("1002"));
+            assert_eq!(customer.extension.as_deref(), Some("1001"));
+            assert_eq!(customer.billsec, 11);
+            let consult = find("1796180539.53");
+            assert_eq!(
+                consult.end_time.map(|t| pbxbridge::db::format_time(&t)),
+                Some("2026-12-02T03:02:24.568Z".to_string()),
+                "{}",
+                db.backend
+            );
+            assert_eq!(consult.billsec, 3);
+            assert_eq!(consult.transferred_to, None);
+        });
+    }
+}
+
 #[test]
 fn check_reports_each_component() {
     let tmp = tempfile::tempdir().unwrap();

@@ -180,6 +180,74 @@ async fn burst_yields_the_events_of_five_calls() {
     }
 }
 
+/// Attended transfer, live: the customer's call gets a `call_status` with `transferredTo`
+/// "1002" and the consultation call's `call_status` ends at the transfer; a client that
+/// connects after the transfer (1002 still talking to the customer) gets a snapshot with the
+/// customer's call only, carrying `transferredTo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attended_transfer_yields_transferred_to_and_the_consultation_end() {
+    const CUSTOMER: &str = "1796180534.51";
+    const CONSULT: &str = "1796180539.53";
+    let db = support::sqlite().await;
+    let fake = delayed("attended-transfer");
+    {
+        // Stop the stream after the consult leg's destroy, before 1002 hangs up.
+        let mut inner = fake.0.lock().unwrap();
+        let frames = &mut inner.segments[1];
+        let destroy = frames
+            .iter()
+            .position(|f| {
+                f.contains("\"ChannelDestroyed\"") && f.contains(&format!("\"id\":\"{CONSULT}\""))
+            })
+            .unwrap();
+        frames.truncate(destroy + 1);
+    }
+    let running = daemon(&db, &fake, &[]).await;
+    let mut ws = connect(running.addr, "").await;
+    let ended = |m: &Value, id: &str| {
+        m["event"] == "call_status" && m["data"]["callId"] == id && m["data"]["endTime"].is_string()
+    };
+    let msgs = read_until(&mut ws, |m| m.iter().any(|x| ended(x, CONSULT))).await;
+    let mut late = connect(running.addr, "").await;
+    let snap = read_until(&mut late, |m| !m.is_empty()).await;
+    running.shutdown().await;
+    let transferred = msgs
+        .iter()
+        .position(|m| {
+            m["event"] == "call_status"
+                && m["data"]["callId"] == CUSTOMER
+                && m["data"]["transferredTo"] == "1002"
+        })
+        .unwrap_or_else(|| panic!("no transferredTo for the customer's call: {msgs:#?}"));
+    let t = &msgs[transferred]["data"];
+    assert_eq!(t["state"], "connected");
+    assert_eq!(t["extension"], "1001");
+    assert!(t["endTime"].is_null());
+    let consult_end = msgs.iter().position(|m| ended(m, CONSULT)).unwrap();
+    let c = &msgs[consult_end]["data"];
+    assert_eq!(c["status"], "answered");
+    assert_eq!(c["endTime"], "2026-12-02T03:02:24.568Z");
+    assert_eq!(c["billsec"], 3);
+    assert!(c["transferredTo"].is_null());
+    // Before the transfer, call_status carries transferredTo null.
+    let answered = msgs
+        .iter()
+        .find(|m| m["event"] == "call_status" && m["data"]["callId"] == CUSTOMER)
+        .unwrap();
+    assert!(answered["data"]["transferredTo"].is_null(), "{answered}");
+    assert!(!msgs.iter().any(|m| ended(m, CUSTOMER)), "{msgs:#?}");
+    assert_eq!(snap[0]["event"], "snapshot");
+    let calls = snap[0]["data"]["calls"].as_array().unwrap();
+    assert_eq!(
+        calls.len(),
+        1,
+        "consultation call not running on: {calls:#?}"
+    );
+    assert_eq!(calls[0]["callId"], CUSTOMER);
+    assert_eq!(calls[0]["transferredTo"], "1002");
+    assert_eq!(calls[0]["state"], "connected");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_yields_offline_then_online_for_1002_and_filters_apply() {
     let db = support::sqlite().await;
