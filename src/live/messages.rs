@@ -73,10 +73,13 @@ impl Filter {
         self.events.as_ref().is_none_or(|s| s.contains(name))
     }
 
+    /// A call is an agent's when the agent is its `extension` or it was transferred to
+    /// the agent (`transferredTo`): after a transfer, agent B's console shows the call.
     fn wants_call(&self, r: &CallRecord) -> bool {
-        self.extension
-            .as_ref()
-            .is_none_or(|e| r.extension.as_deref() == Some(e.as_str()))
+        self.extension.as_ref().is_none_or(|e| {
+            r.extension.as_deref() == Some(e.as_str())
+                || r.transferred_to.as_deref() == Some(e.as_str())
+        })
     }
 }
 
@@ -233,4 +236,21 @@ pub fn snapshot(hub: &Hub, locale: Locale, filter: &Filter) -> String {
 /// The `resync` message after `missed` events were dropped for a slow client.
 pub fn resync(missed: u64) -> String {
     frame("resync", json!({ "missed": missed }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::{Direction, Source};
+
+    #[test]
+    fn an_agent_filter_takes_calls_transferred_to_the_agent() {
+        let filter = Filter::parse(Some("1002"), None).unwrap();
+        let mut r = CallRecord::new(Source::Asterisk, "1.1", Direction::Inbound, Utc::now());
+        r.extension = Some("1001".into());
+        assert!(!filter.wants_call(&r));
+        r.transferred_to = Some("1002".into());
+        assert!(filter.wants_call(&r));
+        assert!(Filter::parse(None, None).unwrap().wants_call(&r));
+    }
 }
