@@ -678,21 +678,8 @@ async fn serve(
     tokio::pin!(watchdog);
     let ended = 'conn: loop {
         // Messages already buffered (also those that came with the login reply).
-        loop {
-            match decoder.next_message() {
-                Ok(Some(m)) => {
-                    let keepalive = ping_out
-                        .as_ref()
-                        .is_some_and(|(id, _)| m.action_id() == Some(id.as_str()));
-                    if keepalive && m.response().is_some() {
-                        ping_out = None;
-                    } else {
-                        dispatch(m, &mut pending, events);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => break 'conn Ended::Lost(e.into()),
-            }
+        if let Err(e) = drain(&mut decoder, &mut ping_out, &mut pending, events) {
+            break 'conn Ended::Lost(e.into());
         }
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -737,6 +724,21 @@ async fn serve(
                 ping_out = Some((id, Instant::now()));
             }
             () = &mut watchdog => {
+                // A process that was stalled may wake with bytes waiting, and this branch may
+                // be picked first: take what is there (the Ping's answer may be in it) before
+                // judging.
+                match read.try_read(&mut buf) {
+                    Ok(0) => break Ended::Lost(AmiError::Disconnected("closed by Asterisk".into())),
+                    Ok(n) => {
+                        last_bytes = Instant::now();
+                        decoder.feed(&buf[..n]);
+                        if let Err(e) = drain(&mut decoder, &mut ping_out, &mut pending, events) {
+                            break Ended::Lost(e.into());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => break Ended::Lost(AmiError::Disconnected(e.to_string())),
+                }
                 let silent = last_bytes.elapsed();
                 let unanswered = ping_out.as_ref().map(|(_, sent)| sent.elapsed());
                 if silent >= dead_after {
@@ -766,6 +768,27 @@ async fn serve(
         let _ = p.reply.send(Err(err.clone()));
     }
     ended
+}
+
+/// Takes every complete message out of `decoder`: the answer to the keep-alive Ping in
+/// flight clears `ping_out`, everything else is dispatched.
+fn drain(
+    decoder: &mut Decoder,
+    ping_out: &mut Option<(String, Instant)>,
+    pending: &mut HashMap<String, Pending>,
+    events: &broadcast::Sender<Arc<Message>>,
+) -> Result<(), ProtoError> {
+    while let Some(m) = decoder.next_message()? {
+        let keepalive = ping_out
+            .as_ref()
+            .is_some_and(|(id, _)| m.action_id() == Some(id.as_str()));
+        if keepalive && m.response().is_some() {
+            *ping_out = None;
+        } else {
+            dispatch(m, pending, events);
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes`, waiting at most `wait`: a failed write is a lost connection, one that

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 use tokio_util::sync::CancellationToken;
@@ -280,28 +280,9 @@ async fn pump(
                 return Ended::Shutdown;
             }
             m = ws.next() => {
-                let arrived = Instant::now();
-                last_life = arrived;
-                match m {
-                    Some(Ok(Message::Text(text))) => {
-                        let _ = tx.send(AriMessage::Frame {
-                            text: text.to_string(),
-                            received_at: Utc::now(),
-                            arrived,
-                        });
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Ended::Closed(format!(
-                            "closed by Asterisk{}",
-                            frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
-                        ));
-                    }
-                    // A ping from Asterisk is answered by tungstenite itself: the pong is
-                    // flushed by the next read, which never waits on the socket. Pongs and
-                    // other frames only prove the link is alive.
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Ended::Closed(e.to_string()),
-                    None => return Ended::Closed("connection closed".to_string()),
+                last_life = Instant::now();
+                if let Some(ended) = forward(m, last_life, tx) {
+                    return ended;
                 }
             }
             (channels, bridges) = &mut resync, if !resynced => {
@@ -325,6 +306,14 @@ async fn pump(
                 }
             }
             () = &mut watchdog => {
+                // A process that was stalled may wake with frames waiting in the socket, and
+                // this branch may be picked first: take what is there before judging.
+                if let Some(m) = ws.next().now_or_never() {
+                    last_life = Instant::now();
+                    if let Some(ended) = forward(m, last_life, tx) {
+                        return ended;
+                    }
+                }
                 let silent = last_life.elapsed();
                 if silent >= dead_after {
                     // Dropped without a closing handshake: nobody is there to answer it.
@@ -339,6 +328,35 @@ async fn pump(
                     .reset(tokio::time::Instant::from_std(last_life + dead_after));
             }
         }
+    }
+}
+
+/// Handles what the socket gave: a text frame goes into `tx`; a close, an error or the end of
+/// the stream ends the connection (Some).
+fn forward(
+    m: Option<Result<Message, tungstenite::Error>>,
+    arrived: Instant,
+    tx: &mpsc::UnboundedSender<AriMessage>,
+) -> Option<Ended> {
+    match m {
+        Some(Ok(Message::Text(text))) => {
+            let _ = tx.send(AriMessage::Frame {
+                text: text.to_string(),
+                received_at: Utc::now(),
+                arrived,
+            });
+            None
+        }
+        Some(Ok(Message::Close(frame))) => Some(Ended::Closed(format!(
+            "closed by Asterisk{}",
+            frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+        ))),
+        // A ping from Asterisk is answered by tungstenite itself: the pong is flushed by the
+        // next read, which never waits on the socket. Pongs and other frames only prove the
+        // link is alive.
+        Some(Ok(_)) => None,
+        Some(Err(e)) => Some(Ended::Closed(e.to_string())),
+        None => Some(Ended::Closed("connection closed".to_string())),
     }
 }
 
@@ -373,6 +391,7 @@ async fn resync(client: &AriClient) -> (Vec<Channel>, Vec<Bridge>) {
                     attempt,
                     "ARI resync attempt {attempt} failed: {e}; retrying"
                 );
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
     }
