@@ -3,12 +3,18 @@
 //! (single responses, and list actions whose events end with `EventList: Complete`),
 //! forwards unrelated events to subscribers and reconnects with backoff. [`AmiClient`] is
 //! the cheap, cloneable handle every caller uses; each action has its own timeout.
+//!
+//! Liveness: a half-open TCP connection is silent, not closed. So the task sends AMI's own
+//! keep-alive, `Action: Ping` (answered `Response: Success` with `Ping: Pong`, see
+//! `captures/actions/ami-actions.raw`), every [`AmiConfig::ping_interval`]; when a Ping stays
+//! unanswered, or no byte at all arrives, for [`DEAD_AFTER_PINGS`] intervals, the connection
+//! is dropped and reconnected like any other lost connection.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
@@ -90,10 +96,14 @@ pub struct AmiConfig {
     pub action_timeout: Duration,
     /// TCP connect + banner + login timeout (default 5 s).
     pub connect_timeout: Duration,
+    /// Keep-alive period (`AMI_PING_INTERVAL`, default 10 s): a `Ping` action is sent this
+    /// often; no answer within [`DEAD_AFTER_PINGS`] periods means the link is dead.
+    pub ping_interval: Duration,
 }
 
 impl AmiConfig {
-    /// From the settings; None when `AMI_USERNAME` is unset (AMI off). Events off.
+    /// From the settings; None when `AMI_USERNAME` is unset (AMI off). Events off; the
+    /// keep-alive period is `AMI_PING_INTERVAL`.
     pub fn from_settings(s: &AmiSettings) -> Option<AmiConfig> {
         let username = s.ami_username.clone().filter(|u| !u.is_empty())?;
         Some(AmiConfig {
@@ -104,6 +114,7 @@ impl AmiConfig {
             events: false,
             action_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(s.ami_ping_interval.max(1)),
         })
     }
 
@@ -169,6 +180,7 @@ pub struct AmiClient {
     state: watch::Receiver<AmiState>,
     timeout: Duration,
     next_id: Arc<AtomicU64>,
+    dead_links: Arc<AtomicU64>,
 }
 
 impl AmiClient {
@@ -182,14 +194,25 @@ impl AmiClient {
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
         let (state_tx, state) = watch::channel(AmiState::Connecting);
+        let dead_links = Arc::new(AtomicU64::new(0));
         let client = AmiClient {
             tx,
             events: events.clone(),
             state,
             timeout: config.action_timeout,
             next_id: Arc::new(AtomicU64::new(1)),
+            dead_links: dead_links.clone(),
         };
-        (client, run(config, rx, events, state_tx, cancel))
+        (
+            client,
+            run(config, rx, events, state_tx, dead_links, cancel),
+        )
+    }
+
+    /// Connections dropped since start because they went silent (a keep-alive `Ping`
+    /// unanswered, or no byte at all, for [`DEAD_AFTER_PINGS`] ping intervals).
+    pub fn dead_links(&self) -> u64 {
+        self.dead_links.load(Ordering::Relaxed)
     }
 
     /// Events that are not part of an action's reply (only with `events: true`).
@@ -542,7 +565,13 @@ fn truncate(s: &str, n: usize) -> &str {
 enum Ended {
     Stopped,
     Lost(AmiError),
+    /// Silent for too long (or a write could not go out): a dead link; why.
+    Dead(String),
 }
+
+/// Ping intervals a keep-alive `Ping` may stay unanswered (or the connection bring no byte at
+/// all) before the connection is declared dead and reconnected.
+pub const DEAD_AFTER_PINGS: u32 = 3;
 
 struct Pending {
     reply: oneshot::Sender<Result<Reply, AmiError>>,
@@ -555,6 +584,7 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
     events: broadcast::Sender<Arc<Message>>,
     state: watch::Sender<AmiState>,
+    dead_links: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
     let addr = cfg.addr();
@@ -574,11 +604,16 @@ async fn run(
                 let _ = state.send(AmiState::Connected {
                     version: conn.version.clone(),
                 });
-                match serve(conn, &mut rx, &events, &cancel).await {
+                match serve(conn, &cfg, &mut rx, &events, &cancel).await {
                     Ended::Stopped => return,
                     Ended::Lost(e) => {
                         tracing::warn!(%addr, "AMI connection lost: {e}; reconnecting");
                         e
+                    }
+                    Ended::Dead(why) => {
+                        dead_links.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%addr, "AMI link dead: {why}; reconnecting");
+                        AmiError::Disconnected(format!("link dead: {why}"))
                     }
                 }
             }
@@ -613,6 +648,7 @@ async fn run(
 
 async fn serve(
     conn: Conn,
+    cfg: &AmiConfig,
     rx: &mut mpsc::Receiver<Request>,
     events: &broadcast::Sender<Arc<Message>>,
     cancel: &CancellationToken,
@@ -626,14 +662,24 @@ async fn serve(
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    // Keep-alive: one `Ping` in flight at most; `last_bytes` is when anything last arrived.
+    let every = cfg.ping_interval.max(Duration::from_millis(1));
+    let dead_after = every * DEAD_AFTER_PINGS;
+    // A write only waits when Asterisk is not reading; never wait longer than this.
+    let write_wait = cfg.action_timeout.min(every);
+    let mut ping_seq: u64 = 0;
+    let mut ping_out: Option<(String, Instant)> = None;
+    let mut last_bytes = Instant::now();
+    let now = tokio::time::Instant::now();
+    let mut pings = tokio::time::interval_at(now + every, every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Armed at the earliest moment the link could be dead; re-armed when it fires.
+    let watchdog = tokio::time::sleep_until(now + dead_after);
+    tokio::pin!(watchdog);
     let ended = 'conn: loop {
         // Messages already buffered (also those that came with the login reply).
-        loop {
-            match decoder.next_message() {
-                Ok(Some(m)) => dispatch(m, &mut pending, events),
-                Ok(None) => break,
-                Err(e) => break 'conn Ended::Lost(e.into()),
-            }
+        if let Err(e) = drain(&mut decoder, &mut ping_out, &mut pending, events) {
+            break 'conn Ended::Lost(e.into());
         }
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -651,29 +697,125 @@ async fn serve(
                     Ok(b) => b,
                     Err(e) => { let _ = req.reply.send(Err(e.into())); continue; }
                 };
-                if let Err(e) = write.write_all(&bytes).await {
-                    let err = AmiError::Disconnected(e.to_string());
-                    let _ = req.reply.send(Err(err.clone()));
-                    break Ended::Lost(err);
+                if let Err(ended) = write_within(&mut write, &bytes, write_wait).await {
+                    let _ = req.reply.send(Err(ended_error(&ended)));
+                    break ended;
                 }
                 pending.insert(req.id, Pending { reply: req.reply, response: None, events: Vec::new() });
             }
             n = read.read(&mut buf) => match n {
                 Ok(0) => break Ended::Lost(AmiError::Disconnected("closed by Asterisk".into())),
-                Ok(n) => decoder.feed(&buf[..n]),
+                Ok(n) => {
+                    last_bytes = Instant::now();
+                    decoder.feed(&buf[..n]);
+                }
                 Err(e) => break Ended::Lost(AmiError::Disconnected(e.to_string())),
             },
             _ = sweep.tick() => pending.retain(|_, p| !p.reply.is_closed()),
+            _ = pings.tick(), if ping_out.is_none() => {
+                ping_seq += 1;
+                let id = format!("pbx-ping-{ping_seq}");
+                let Ok(bytes) = Message::action("Ping").with("ActionID", id.clone()).encode() else {
+                    continue;
+                };
+                if let Err(ended) = write_within(&mut write, &bytes, write_wait).await {
+                    break ended;
+                }
+                ping_out = Some((id, Instant::now()));
+            }
+            () = &mut watchdog => {
+                // A process that was stalled may wake with bytes waiting, and this branch may
+                // be picked first: take what is there (the Ping's answer may be in it) before
+                // judging.
+                match read.try_read(&mut buf) {
+                    Ok(0) => break Ended::Lost(AmiError::Disconnected("closed by Asterisk".into())),
+                    Ok(n) => {
+                        last_bytes = Instant::now();
+                        decoder.feed(&buf[..n]);
+                        if let Err(e) = drain(&mut decoder, &mut ping_out, &mut pending, events) {
+                            break Ended::Lost(e.into());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => break Ended::Lost(AmiError::Disconnected(e.to_string())),
+                }
+                let silent = last_bytes.elapsed();
+                let unanswered = ping_out.as_ref().map(|(_, sent)| sent.elapsed());
+                if silent >= dead_after {
+                    break Ended::Dead(format!(
+                        "no byte received for {:.1} s ({DEAD_AFTER_PINGS} keep-alive intervals of {:.1} s)",
+                        silent.as_secs_f64(),
+                        every.as_secs_f64()
+                    ));
+                }
+                if let Some(waited) = unanswered.filter(|w| *w >= dead_after) {
+                    break Ended::Dead(format!(
+                        "keep-alive Ping unanswered for {:.1} s ({DEAD_AFTER_PINGS} intervals of {:.1} s)",
+                        waited.as_secs_f64(),
+                        every.as_secs_f64()
+                    ));
+                }
+                let mut next = last_bytes + dead_after;
+                if let Some((_, sent)) = &ping_out {
+                    next = next.min(*sent + dead_after);
+                }
+                watchdog.as_mut().reset(tokio::time::Instant::from_std(next));
+            }
         }
     };
-    let err = match &ended {
-        Ended::Stopped => AmiError::Stopped,
-        Ended::Lost(e) => AmiError::Disconnected(e.to_string()),
-    };
+    let err = ended_error(&ended);
     for (_, p) in pending.drain() {
         let _ = p.reply.send(Err(err.clone()));
     }
     ended
+}
+
+/// Takes every complete message out of `decoder`: the answer to the keep-alive Ping in
+/// flight clears `ping_out`, everything else is dispatched.
+fn drain(
+    decoder: &mut Decoder,
+    ping_out: &mut Option<(String, Instant)>,
+    pending: &mut HashMap<String, Pending>,
+    events: &broadcast::Sender<Arc<Message>>,
+) -> Result<(), ProtoError> {
+    while let Some(m) = decoder.next_message()? {
+        let keepalive = ping_out
+            .as_ref()
+            .is_some_and(|(id, _)| m.action_id() == Some(id.as_str()));
+        if keepalive && m.response().is_some() {
+            *ping_out = None;
+        } else {
+            dispatch(m, pending, events);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes`, waiting at most `wait`: a failed write is a lost connection, one that
+/// cannot go out in time a dead link (Asterisk is not reading).
+async fn write_within(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+    wait: Duration,
+) -> Result<(), Ended> {
+    match tokio::time::timeout(wait, write.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Lost(AmiError::Disconnected(e.to_string()))),
+        Err(_) => Err(Ended::Dead(format!(
+            "a write could not go out within {:.1} s",
+            wait.as_secs_f64()
+        ))),
+    }
+}
+
+/// The error the actions still waiting get when the connection ends this way.
+fn ended_error(ended: &Ended) -> AmiError {
+    match ended {
+        Ended::Stopped => AmiError::Stopped,
+        Ended::Lost(e @ AmiError::Disconnected(_)) => e.clone(),
+        Ended::Lost(e) => AmiError::Disconnected(e.to_string()),
+        Ended::Dead(why) => AmiError::Disconnected(format!("link dead: {why}")),
+    }
 }
 
 fn dispatch(

@@ -64,10 +64,12 @@ pub struct AriClient {
     username: String,
     password: crate::config::Secret,
     app: String,
+    ping_interval: Duration,
 }
 
 impl AriClient {
     /// A client for `settings.ari_url` (e.g. `http://127.0.0.1:8088`), 5 s timeout per request.
+    /// It also carries what the events connection needs: the app and `ARI_PING_INTERVAL`.
     pub fn new(settings: &AriSettings) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -84,7 +86,15 @@ impl AriClient {
             username: settings.ari_username.clone(),
             password: settings.ari_password.clone(),
             app: settings.ari_app.clone(),
+            ping_interval: Duration::from_secs(settings.ari_ping_interval.max(1)),
         }
+    }
+
+    /// Keep-alive period of the events WebSocket (`ARI_PING_INTERVAL`, at least 1 s): a
+    /// WebSocket Ping is sent this often, and a connection that brings no frame and no pong
+    /// for 3 periods is dropped and reconnected (see [`super::stream::run`]).
+    pub fn ping_interval(&self) -> Duration {
+        self.ping_interval
     }
 
     /// The Stasis application name.

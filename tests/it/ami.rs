@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fakes::{AmiOpts, FakeAmi};
 use crate::support;
 
-fn config(addr: std::net::SocketAddr, secret: &str, events: bool) -> AmiConfig {
+pub fn config(addr: std::net::SocketAddr, secret: &str, events: bool) -> AmiConfig {
     AmiConfig {
         host: addr.ip().to_string(),
         port: addr.port(),
@@ -20,10 +20,11 @@ fn config(addr: std::net::SocketAddr, secret: &str, events: bool) -> AmiConfig {
         events,
         action_timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_secs(3),
+        ping_interval: Duration::from_secs(10),
     }
 }
 
-fn start(cfg: AmiConfig) -> (AmiClient, CancellationToken, tokio::task::JoinHandle<()>) {
+pub fn start(cfg: AmiConfig) -> (AmiClient, CancellationToken, tokio::task::JoinHandle<()>) {
     let cancel = CancellationToken::new();
     let (client, task) = AmiClient::new(cfg, cancel.clone());
     (client, cancel, tokio::spawn(task))

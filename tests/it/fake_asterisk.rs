@@ -8,6 +8,10 @@
 //! as the recorder did; after the last one it stays open. REST answers come from the
 //! snapshot that belongs to the current connection (`rest-before.json`, then
 //! `rest-at-reconnect.json`).
+//!
+//! Link faults (see [`LinkFaults`]): a connection can freeze like a half-open TCP connection
+//! (no more frames, no pongs, socket left open), `GET /ari/channels` can fail with 500 a
+//! number of times, and a connection's frames can wait until its resync succeeded.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,6 +40,33 @@ pub struct Inner {
     pub continued: Vec<String>,
     /// Requests refused for bad credentials.
     pub unauthorized: usize,
+    /// Link faults to play, and what happened to the link.
+    pub link: LinkFaults,
+}
+
+/// Faults of the link, for the keep-alive and resync tests.
+#[derive(Default)]
+pub struct LinkFaults {
+    /// The next connection sends this many frames of its segment, then freezes: it sends
+    /// nothing more, reads nothing (so it answers no ping) and keeps the TCP connection open,
+    /// like a peer that vanished. Used once.
+    pub freeze_after: Option<usize>,
+    /// When the frozen connection went quiet.
+    pub frozen_at: Option<std::time::Instant>,
+    /// When each connection was accepted.
+    pub accepted_at: Vec<std::time::Instant>,
+    /// The next this many `GET /ari/channels` answer 500.
+    pub fail_channels: usize,
+    /// `GET /ari/channels` requests received (failed ones included).
+    pub channels_requests: usize,
+    /// Successful `GET /ari/channels` answers.
+    pub channels_served: usize,
+    /// `GET /ari/bridges` answers (pbxbridge asks for them once the channels came).
+    pub bridges_served: usize,
+    /// Each connection's frames wait until its resync got both answers (a `GET /ari/bridges`
+    /// served after the connection was accepted), as in the reconnect capture, where the
+    /// REST snapshot came before the next events.
+    pub hold_until_resync: bool,
 }
 
 #[derive(Clone, Default)]
@@ -103,6 +134,11 @@ impl Fake {
         self.0.lock().unwrap().connections
     }
 
+    /// Runs `f` on the link faults (to set them, or read what happened).
+    pub fn link<T>(&self, f: impl FnOnce(&mut LinkFaults) -> T) -> T {
+        f(&mut self.0.lock().unwrap().link)
+    }
+
     fn rest_now(&self, key: &str) -> Value {
         let inner = self.0.lock().unwrap();
         let i = inner
@@ -143,7 +179,52 @@ async fn events(State(fake): State<Fake>, headers: HeaderMap, ws: WebSocketUpgra
             i + 1 >= n,
         )
     };
+    let (freeze, hold) = fake.link(|l| {
+        l.accepted_at.push(std::time::Instant::now());
+        (
+            l.freeze_after.take(),
+            l.hold_until_resync.then_some(l.bridges_served),
+        )
+    });
+    if freeze.is_some() || hold.is_some() {
+        return ws.on_upgrade(move |socket| serve_faulty(fake, socket, frames, last, freeze, hold));
+    }
     ws.on_upgrade(move |socket| serve_frames(socket, frames, last))
+}
+
+/// [`serve_frames`] with link faults: first waits for the resync's `GET /ari/bridges` (when
+/// `hold` holds their count before this connection), then with `freeze` sends that many
+/// frames and goes quiet with the socket open.
+async fn serve_faulty(
+    fake: Fake,
+    mut socket: WebSocket,
+    frames: Vec<String>,
+    last: bool,
+    freeze: Option<usize>,
+    hold: Option<usize>,
+) {
+    if let Some(before) = hold {
+        // Keep reading meanwhile, so that pings are answered as Asterisk would.
+        while fake.link(|l| l.bridges_served) <= before {
+            tokio::select! {
+                m = socket.recv() => if !matches!(m, Some(Ok(_))) { return },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    }
+    let Some(n) = freeze else {
+        return serve_frames(socket, frames, last).await;
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for f in frames.into_iter().take(n) {
+        if socket.send(Message::Text(f.into())).await.is_err() {
+            return;
+        }
+    }
+    fake.link(|l| l.frozen_at = Some(std::time::Instant::now()));
+    // Neither read nor write: pings pile up unanswered, the TCP connection stays open.
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    drop(socket);
 }
 
 async fn serve_frames(mut socket: WebSocket, frames: Vec<String>, last: bool) {
@@ -167,14 +248,28 @@ async fn channels(State(fake): State<Fake>, headers: HeaderMap) -> Response {
     if !authorized(&fake, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    axum::Json(fake.rest_now("GET /ari/channels")).into_response()
+    let fail = fake.link(|l| {
+        l.channels_requests += 1;
+        let fail = l.fail_channels > 0;
+        l.fail_channels = l.fail_channels.saturating_sub(1);
+        fail
+    });
+    if fail {
+        let body = serde_json::json!({"message": "Internal Server Error (fake)"});
+        return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
+    }
+    let body = fake.rest_now("GET /ari/channels");
+    fake.link(|l| l.channels_served += 1);
+    axum::Json(body).into_response()
 }
 
 async fn bridges(State(fake): State<Fake>, headers: HeaderMap) -> Response {
     if !authorized(&fake, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    axum::Json(fake.rest_now("GET /ari/bridges")).into_response()
+    let body = fake.rest_now("GET /ari/bridges");
+    fake.link(|l| l.bridges_served += 1);
+    axum::Json(body).into_response()
 }
 
 async fn cont(

@@ -112,6 +112,9 @@ pub struct PbxState {
     pub drop_after: Option<usize>,
     /// Never answer actions with this name (AMI).
     pub silent: Option<String>,
+    /// The next this many AMI connections go quiet right after a successful login: nothing
+    /// more is read or written, the TCP connection stays open (a half-open link).
+    pub deaf_after_login: usize,
 }
 
 impl PbxState {
@@ -285,7 +288,17 @@ async fn serve_ami(
             let (fx, reply) = &src.replies["login/"];
             let _ = write_chunked(&mut sock, &with_id(reply, fx, &id), opts.chunk).await;
             if ok {
-                state.lock().unwrap().logins += 1;
+                let deaf = {
+                    let mut s = state.lock().unwrap();
+                    s.logins += 1;
+                    let deaf = s.deaf_after_login > 0;
+                    s.deaf_after_login = s.deaf_after_login.saturating_sub(1);
+                    deaf
+                };
+                if deaf {
+                    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+                    return;
+                }
                 continue;
             }
             return;

@@ -9,6 +9,7 @@ mod fake_asterisk;
 mod fakes;
 mod kavkom;
 mod kerio;
+mod link;
 mod live;
 mod support;
 mod users;
