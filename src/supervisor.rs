@@ -473,8 +473,12 @@ impl Supervisor {
 }
 
 /// The life of one task: attempts one after the other until the supervisor is cancelled.
-async fn supervise<F, Fut>(inner: Arc<Inner>, entry: Arc<Entry>, stop: CancellationToken, factory: Arc<F>)
-where
+async fn supervise<F, Fut>(
+    inner: Arc<Inner>,
+    entry: Arc<Entry>,
+    stop: CancellationToken,
+    factory: Arc<F>,
+) where
     F: Fn(Attempt) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: TaskOutcome + Send + 'static,
@@ -521,8 +525,12 @@ where
         }
         let delay = if requested {
             match &failure {
-                Some(e) => tracing::warn!(task = %name, attempt = number, "task {name} restarting on request (its attempt failed: {e})"),
-                None => tracing::info!(task = %name, attempt = number, "task {name} restarting on request"),
+                Some(e) => {
+                    tracing::warn!(task = %name, attempt = number, "task {name} restarting on request (its attempt failed: {e})")
+                }
+                None => {
+                    tracing::info!(task = %name, attempt = number, "task {name} restarting on request")
+                }
             }
             entry.restarting(failure);
             Duration::ZERO
@@ -680,7 +688,10 @@ mod tests {
         sup.register(TaskSpec::new("other"), |_| async {
             Err::<(), _>("not calls")
         });
-        until("restarting", || task.status().state == TaskState::Restarting).await;
+        until("restarting", || {
+            task.status().state == TaskState::Restarting
+        })
+        .await;
         let down = sup.statuses().recording_down();
         assert_eq!(down.len(), 1);
         assert_eq!(down[0].name, "writer");
@@ -727,9 +738,8 @@ mod tests {
         let mut handles = Vec::new();
         for i in 0..3 {
             let s = starts.clone();
-            handles.push(sup.register(
-                TaskSpec::new(format!("t{i}")),
-                move |a: Attempt| {
+            handles.push(
+                sup.register(TaskSpec::new(format!("t{i}")), move |a: Attempt| {
                     s.record();
                     async move {
                         a.cancel.cancelled().await;
@@ -742,8 +752,8 @@ mod tests {
                         }
                         Ok(())
                     }
-                },
-            ));
+                }),
+            );
         }
         until("three attempts", || starts.len() == 3).await;
         cancel.cancel();

@@ -10,5 +10,6 @@ mod fakes;
 mod kavkom;
 mod kerio;
 mod live;
+mod supervise;
 mod support;
 mod users;
