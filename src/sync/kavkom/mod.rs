@@ -245,8 +245,10 @@ pub fn spawn(
     }
     if s.kavkom_poll_interval > 0 {
         let (kavkom, every) = (k.clone(), Duration::from_secs(s.kavkom_poll_interval));
+        let st = Arc::new(tokio::sync::Mutex::new(active::ActiveState::default()));
         supervisor.register(TaskSpec::new("kavkom-active"), move |a: Attempt| {
-            active::run(kavkom.clone(), every, a.cancel)
+            let (kavkom, st) = (kavkom.clone(), st.clone());
+            async move { active::run(kavkom, every, &mut *st.lock().await, a.cancel).await }
         });
     }
     Some(k)

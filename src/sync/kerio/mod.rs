@@ -110,9 +110,14 @@ impl Kerio {
             async move { kerio.run_history(a.cancel).await }
         });
         let (kerio, hub) = (self.clone(), hub.clone());
+        let calls = Arc::new(Mutex::new(self.new_active_calls()));
         let active = supervisor.register(TaskSpec::new("kerio-active"), move |a: Attempt| {
-            let (kerio, hub) = (kerio.clone(), hub.clone());
-            async move { kerio.run_active(hub, a.cancel).await }
+            let (kerio, hub, calls) = (kerio.clone(), hub.clone(), calls.clone());
+            async move {
+                kerio
+                    .run_active(hub, &mut *calls.lock().await, a.cancel)
+                    .await
+            }
         });
         let kerio = self.clone();
         supervisor.spawn_once(async move {
