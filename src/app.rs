@@ -1,25 +1,44 @@
-//! `serve`: wires the daemon together and owns every task. The tasks: the HTTP API, the ARI
-//! events connection, the call pipeline, the Stasis hand-back, the call writer, the AMI
-//! connection (when AMI_USERNAME is set) and the extensions provisioner. All are
-//! spawned into one [`JoinSet`] and stop on one [`CancellationToken`] (Ctrl-C / SIGTERM).
+//! `serve`: wires the daemon together. Every long-running task runs under one
+//! [`Supervisor`] (restarted with backoff when it fails, panics or ends; `/health` shows
+//! them) and stops on one [`CancellationToken`] (Ctrl-C / SIGTERM):
+//!
+//! | task | records calls | at shutdown |
+//! |---|---|---|
+//! | `ari`: the ARI events connection | yes | stops at once |
+//! | `pipeline`: parser, tracker, outputs | yes | after `ari`, once the queued frames are processed |
+//! | `writer`: call records into the database | yes | after `pipeline`, once its queue is written |
+//! | `stasis`: Stasis hand-back | no | after `pipeline` |
+//! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
+//! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
+//!
+//! What must survive a restart lives here, outside the attempts: the queues between the
+//! tasks (a restarted consumer locks the same receiving end and goes on with it), the
+//! counters, the listening socket. A restarted pipeline rebuilds its tracker the way the
+//! daemon does at start (the calls left open in the database, once the writer has written
+//! what the last pipeline gave it) and asks the `ari` task to reconnect: the reconnect's
+//! resync from REST (as after any reconnect) confirms the calls still up and finishes, as
+//! reconstructed, those that ended meanwhile.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ari::stream::{self, AriState};
+use crate::ari::stasis::StasisEntry;
+use crate::ari::stream::{self, AriMessage, AriState};
 use crate::ari::{AriClient, stasis};
-use crate::calls::ingest::{self, Pipeline};
+use crate::calls::ingest::{self, IngestStats, Pipeline};
 use crate::calls::tracker::{AgentMatcher, Tracker};
+use crate::calls::writer::{WriterHandle, WriterStats};
 use crate::calls::{Source, store, writer};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::http::{self, AppState};
 use crate::live::Hub;
+use crate::supervisor::{Attempt, Supervisor, TaskHandle, TaskSpec};
 
 /// A running daemon: its API address, and the handles to stop it.
 pub struct Running {
@@ -27,8 +46,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Cancels every task.
     pub cancel: CancellationToken,
-    /// The tasks.
-    pub tasks: JoinSet<()>,
+    /// The supervisor every task runs under (tests register their own tasks with it).
+    pub supervisor: Supervisor,
     /// The live hub.
     pub hub: Hub,
     /// The database.
@@ -36,14 +55,11 @@ pub struct Running {
 }
 
 impl Running {
-    /// Cancels every task and waits for them (queued frames and records are flushed first).
-    pub async fn shutdown(mut self) {
+    /// Cancels every task and waits for them, in the order of [`crate::app`]'s table: the
+    /// queued frames are processed, then the records written. Nothing is restarted meanwhile.
+    pub async fn shutdown(self) {
         self.cancel.cancel();
-        while let Some(r) = self.tasks.join_next().await {
-            if let Err(e) = r {
-                tracing::error!("task ended badly: {e}");
-            }
-        }
+        self.supervisor.wait().await;
     }
 }
 
@@ -57,37 +73,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracing::warn!("API_TOKENS is empty: every API route but /health will answer 401");
     }
     let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let supervisor = Supervisor::new(cancel.clone());
     let hub = Hub::new(settings.core.live_buffer as usize);
 
-    // Call writer.
+    // The queues between the call tasks, made once: every attempt of a task uses the same.
     let (writer_handle, writer_rx) = writer::channel();
     let writer_stats = writer_handle.stats().clone();
-    tasks.spawn(writer::run(
-        db.clone(),
-        writer_rx,
-        writer_stats.clone(),
-        cancel.clone(),
-    ));
-
-    // Tracker, with the calls that were live when the daemon last stopped.
-    let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
-    let mut tracker = Tracker::new(agents.clone());
-    let open = store::open_calls(&db, Source::Asterisk).await?;
-    if !open.is_empty() {
-        tracing::info!(
-            calls = open.len(),
-            "picking up calls that were live at the last stop"
-        );
-    }
-    tracker.restore(open);
+    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(AriState::Connecting);
+    let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
 
     // AMI (optional) and the extensions provisioner (drift repair at start).
+    let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
     let client = AriClient::new(&settings.ari);
     let ami = crate::ami::AmiConfig::from_settings(&settings.ami).map(|cfg| {
         tracing::info!(addr = %cfg.addr(), "connecting to AMI");
-        let (ami, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
-        tasks.spawn(task);
+        let (ami, connection) = crate::ami::AmiClient::supervised(cfg);
+        let connection = Arc::new(connection);
+        supervisor.register(TaskSpec::new("ami"), move |a: Attempt| {
+            let connection = connection.clone();
+            async move { connection.run(a.cancel).await }
+        });
         ami
     });
     let provisioner = Arc::new(
@@ -102,27 +108,59 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .into_iter()
             .map(|e| e.extension),
     );
-    tasks.spawn(provisioner.clone().run(cancel.clone()));
+    let p = provisioner.clone();
+    supervisor.register(TaskSpec::new("provisioner"), move |a: Attempt| {
+        p.clone().run(a.cancel)
+    });
 
-    // ARI: events connection, Stasis hand-back, pipeline.
-    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
-    let (state_tx, state_rx) = watch::channel(AriState::Connecting);
-    let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
-    let pipeline = Pipeline::new(
-        tracker,
-        Some(writer_handle),
-        Some(hub.clone()),
-        Some(stasis_tx),
-    );
-    let ingest_stats = pipeline.stats();
-    tasks.spawn(stasis::run(client.clone(), stasis_rx, cancel.clone()));
-    tasks.spawn(ingest::run(pipeline, ari_rx, cancel.clone()));
+    // ARI: events connection, pipeline, Stasis hand-back; the call writer.
     tracing::info!(url = %stream::events_url(&client, client.app()), "connecting to ARI");
-    tasks.spawn(stream::run(client, ari_tx, state_tx, cancel.clone()));
+    let ari = {
+        let (client, tx) = (client.clone(), ari_tx.clone());
+        supervisor.register(TaskSpec::new("ari").records_calls(), move |a: Attempt| {
+            stream::run(client.clone(), tx.clone(), state_tx.clone(), a.cancel)
+        })
+    };
+    let ingest_stats = Arc::new(IngestStats::default());
+    let pipeline_task = Arc::new(PipelineTask {
+        db: db.clone(),
+        agents: agents.clone(),
+        rx: Mutex::new(ari_rx),
+        writer: writer_handle,
+        hub: hub.clone(),
+        stasis: stasis_tx,
+        stats: ingest_stats.clone(),
+        ari: ari.clone(),
+    });
+    let pipeline = supervisor.register(
+        TaskSpec::new("pipeline").records_calls().stop_after(&ari),
+        move |a: Attempt| pipeline_task.clone().run(a),
+    );
+    let stasis_rx = Arc::new(Mutex::new(stasis_rx));
+    supervisor.register(
+        TaskSpec::new("stasis").stop_after(&pipeline),
+        move |a: Attempt| {
+            let (client, rx) = (client.clone(), stasis_rx.clone());
+            async move { stasis::run(client, &mut *rx.lock().await, a.cancel).await }
+        },
+    );
+    let writer_rx = Arc::new(Mutex::new(writer_rx));
+    {
+        let (db, stats) = (db.clone(), writer_stats.clone());
+        supervisor.register(
+            TaskSpec::new("writer")
+                .records_calls()
+                .stop_after(&pipeline),
+            move |a: Attempt| {
+                let (db, stats, rx) = (db.clone(), stats.clone(), writer_rx.clone());
+                async move { writer::run(db, &mut *rx.lock().await, stats, a.cancel).await }
+            },
+        );
+    }
 
     // Hosted PBXs.
-    let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &mut tasks, &cancel);
-    let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &mut tasks, &cancel);
+    let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &supervisor);
+    let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor);
 
     // HTTP API.
     let state = AppState {
@@ -137,6 +175,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         login_limiter: Arc::default(),
         shutdown: cancel.clone(),
         extensions: Some(provisioner),
+        tasks: supervisor.statuses(),
     };
     if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
         tracing::error!(
@@ -147,27 +186,115 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on HTTP_LISTEN={}", settings.core.http_listen))?;
     let addr = listener.local_addr()?;
+    // Kept here: each attempt of the server accepts on a duplicate of it.
+    let listener = listener.into_std()?;
     tracing::info!(%addr, "HTTP API listening");
     let app = http::router(state);
-    let stop = cancel.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(
-            http::Listener(listener),
-            app.into_make_service_with_connect_info::<http::Peer>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-        if let Err(e) = served {
-            tracing::error!("HTTP server failed: {e}");
+    supervisor.register(TaskSpec::new("http"), move |a: Attempt| {
+        let app = app.clone();
+        let listener = listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std);
+        async move {
+            let listener = listener.context("HTTP listener")?;
+            axum::serve(
+                http::Listener(listener),
+                app.into_make_service_with_connect_info::<http::Peer>(),
+            )
+            .with_graceful_shutdown(a.cancel.cancelled_owned())
+            .await
+            .context("HTTP server")
         }
     });
     Ok(Running {
         addr,
         cancel,
-        tasks,
+        supervisor,
         hub,
         db,
     })
+}
+
+/// What every attempt of the `pipeline` task shares with the others.
+struct PipelineTask {
+    db: Db,
+    agents: AgentMatcher,
+    /// The events queue, locked by the attempt that runs.
+    rx: Mutex<mpsc::UnboundedReceiver<AriMessage>>,
+    writer: WriterHandle,
+    hub: Hub,
+    stasis: mpsc::UnboundedSender<StasisEntry>,
+    stats: Arc<IngestStats>,
+    /// The `ari` task, asked to reconnect after a restart (for its resync).
+    ari: TaskHandle,
+}
+
+/// How long a restarted pipeline waits for the writer to write what the last one gave it.
+const WRITER_DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+impl PipelineTask {
+    /// One attempt: a tracker with the calls left open in the database, then the queue until
+    /// `attempt.cancel`. After a restart, the records of the last attempt are written first
+    /// (so that the database is up to date when it is read back), and the `ari` task is asked
+    /// to reconnect, for the resync that reconciles the tracker with Asterisk.
+    ///
+    /// Errors: the open calls could not be read (the next attempt tries again).
+    async fn run(self: Arc<Self>, attempt: Attempt) -> anyhow::Result<()> {
+        let mut rx = self.rx.lock().await;
+        if attempt.is_restart()
+            && !writer_drained(self.writer.stats(), WRITER_DRAIN_WAIT, &attempt.cancel).await
+        {
+            tracing::warn!(
+                pending = self
+                    .writer
+                    .stats()
+                    .pending
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "pipeline restart: the writer still has records queued; reading the open calls anyway"
+            );
+        }
+        let open = store::open_calls(&self.db, Source::Asterisk)
+            .await
+            .context("reading the calls left open")?;
+        if !open.is_empty() {
+            tracing::info!(
+                calls = open.len(),
+                restart = attempt.is_restart(),
+                "picking up the calls left open in the database"
+            );
+        }
+        let mut tracker = Tracker::new(self.agents.clone());
+        tracker.restore(open);
+        let pipeline = Pipeline::new(
+            tracker,
+            Some(self.writer.clone()),
+            Some(self.hub.clone()),
+            Some(self.stasis.clone()),
+        )
+        .with_stats(self.stats.clone());
+        if attempt.is_restart() {
+            tracing::info!(
+                "pipeline restarted: asking the ARI connection to reconnect for a resync"
+            );
+            self.ari.restart();
+        }
+        ingest::run(pipeline, &mut rx, attempt.cancel).await;
+        Ok(())
+    }
+}
+
+/// Waits until the writer has nothing pending (true), or `within` passed or `cancel` fired
+/// (false).
+async fn writer_drained(stats: &WriterStats, within: Duration, cancel: &CancellationToken) -> bool {
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + within;
+    while stats.pending.load(Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline || cancel.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Runs the daemon until Ctrl-C or SIGTERM.

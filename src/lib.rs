@@ -4,7 +4,8 @@
 //!
 //! Layout: `ari` (REST client, events WebSocket, typed events), `calls` (tracker, writer,
 //! store), `live` (event hub), `http` (API), `db` (pool and migrations), `config`
-//! (settings), `app` (wiring of `serve`), `cli` (subcommands).
+//! (settings), `supervisor` (restarts of the long-running tasks), `app` (wiring of `serve`),
+//! `cli` (subcommands).
 
 pub mod ami;
 pub mod app;
@@ -17,5 +18,6 @@ pub mod extensions;
 pub mod http;
 pub mod live;
 pub mod logging;
+pub mod supervisor;
 pub mod sync;
 pub mod users;

@@ -166,6 +166,33 @@ impl Reply {
     }
 }
 
+/// The connection task of an [`AmiClient`] (from [`AmiClient::supervised`]).
+#[derive(Debug)]
+pub struct AmiConnection {
+    config: AmiConfig,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Request>>,
+    events: broadcast::Sender<Arc<Message>>,
+    state: watch::Sender<AmiState>,
+    dead_links: Arc<AtomicU64>,
+}
+
+impl AmiConnection {
+    /// Connects, logs in, serves the client's actions and reconnects with backoff, until
+    /// `cancel`. One run at a time: a second waits for the first to end.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let mut rx = self.rx.lock().await;
+        run(
+            self.config.clone(),
+            &mut rx,
+            self.events.clone(),
+            self.state.clone(),
+            self.dead_links.clone(),
+            cancel,
+        )
+        .await
+    }
+}
+
 struct Request {
     id: String,
     action: Message,
@@ -191,6 +218,14 @@ impl AmiClient {
         config: AmiConfig,
         cancel: CancellationToken,
     ) -> (AmiClient, impl Future<Output = ()> + Send + 'static) {
+        let (client, connection) = Self::supervised(config);
+        (client, async move { connection.run(cancel).await })
+    }
+
+    /// A client and its connection task as an [`AmiConnection`], which can run again after a
+    /// run ended (a supervised, restartable task): the client's queue of actions outlives
+    /// every run.
+    pub fn supervised(config: AmiConfig) -> (AmiClient, AmiConnection) {
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
         let (state_tx, state) = watch::channel(AmiState::Connecting);
@@ -203,10 +238,14 @@ impl AmiClient {
             next_id: Arc::new(AtomicU64::new(1)),
             dead_links: dead_links.clone(),
         };
-        (
-            client,
-            run(config, rx, events, state_tx, dead_links, cancel),
-        )
+        let connection = AmiConnection {
+            config,
+            rx: tokio::sync::Mutex::new(rx),
+            events,
+            state: state_tx,
+            dead_links,
+        };
+        (client, connection)
     }
 
     /// Connections dropped since start because they went silent (a keep-alive `Ping`
@@ -581,7 +620,7 @@ struct Pending {
 
 async fn run(
     cfg: AmiConfig,
-    mut rx: mpsc::Receiver<Request>,
+    rx: &mut mpsc::Receiver<Request>,
     events: broadcast::Sender<Arc<Message>>,
     state: watch::Sender<AmiState>,
     dead_links: Arc<AtomicU64>,
@@ -604,7 +643,7 @@ async fn run(
                 let _ = state.send(AmiState::Connected {
                     version: conn.version.clone(),
                 });
-                match serve(conn, &cfg, &mut rx, &events, &cancel).await {
+                match serve(conn, &cfg, rx, &events, &cancel).await {
                     Ended::Stopped => return,
                     Ended::Lost(e) => {
                         tracing::warn!(%addr, "AMI connection lost: {e}; reconnecting");

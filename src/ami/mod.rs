@@ -5,5 +5,7 @@
 pub mod client;
 pub mod proto;
 
-pub use client::{AmiClient, AmiConfig, AmiError, AmiState, Contact, EndpointDetail, Reply};
+pub use client::{
+    AmiClient, AmiConfig, AmiConnection, AmiError, AmiState, Contact, EndpointDetail, Reply,
+};
 pub use proto::Message;

@@ -4,6 +4,7 @@
 //! delays event processing.
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AriClient, AriError};
@@ -23,19 +24,36 @@ pub struct StasisEntry {
 
 /// Sends queued channels back to the dialplan until `cancel`. A channel that is already
 /// gone (404) is logged at debug; other failures are retried once, then logged as errors.
+/// Each hand-back runs as its own task, owned here: on `cancel` the ones under way are
+/// finished before this returns. The queue is borrowed, so that a restarted hand-back task
+/// (see `crate::supervisor`) goes on with it.
 pub async fn run(
     client: AriClient,
-    mut rx: mpsc::UnboundedReceiver<StasisEntry>,
+    rx: &mut mpsc::UnboundedReceiver<StasisEntry>,
     cancel: CancellationToken,
 ) {
+    let mut in_flight = JoinSet::new();
     loop {
         let entry = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = rx.recv() => match e { Some(e) => e, None => return },
+            _ = cancel.cancelled() => break,
+            e = rx.recv() => match e { Some(e) => e, None => break },
+            Some(done) = in_flight.join_next() => {
+                log_join(done);
+                continue;
+            }
         };
         let client = client.clone();
         // Each hand-back is independent; a few in flight at once is fine.
-        tokio::spawn(async move { hand_back(&client, entry).await });
+        in_flight.spawn(async move { hand_back(&client, entry).await });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        log_join(done);
+    }
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!("Stasis hand-back task failed: {e}");
     }
 }
 

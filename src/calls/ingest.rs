@@ -58,6 +58,13 @@ impl Pipeline {
         }
     }
 
+    /// The same pipeline counting into `stats` (counters shared with `/health` that outlive
+    /// one pipeline: a restarted pipeline keeps counting where the last one stopped).
+    pub fn with_stats(mut self, stats: Arc<IngestStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Counters.
     pub fn stats(&self) -> Arc<IngestStats> {
         self.stats.clone()
@@ -223,10 +230,11 @@ fn log_update(u: &CallUpdate) {
 }
 
 /// Runs the pipeline on the events queue until it closes or `cancel` fires (after which the
-/// frames already queued are still processed).
+/// frames already queued are still processed). The queue is borrowed, so that a restarted
+/// pipeline (see `crate::supervisor`) goes on with it.
 pub async fn run(
     mut pipeline: Pipeline,
-    mut rx: mpsc::UnboundedReceiver<AriMessage>,
+    rx: &mut mpsc::UnboundedReceiver<AriMessage>,
     cancel: CancellationToken,
 ) {
     let stats = pipeline.stats();

@@ -93,9 +93,10 @@ impl Batch {
 }
 
 /// Writes queued records until the queue closes, or `cancel` fires and the queue is drained.
+/// The queue is borrowed, so that a restarted writer (see `crate::supervisor`) goes on with it.
 pub async fn run(
     db: Db,
-    mut rx: mpsc::UnboundedReceiver<CallRecord>,
+    rx: &mut mpsc::UnboundedReceiver<CallRecord>,
     stats: Arc<WriterStats>,
     cancel: CancellationToken,
 ) {

@@ -1,7 +1,10 @@
 //! `GET /health` (no token): database and ARI state, pipeline counters, live fan-out
 //! counters and latency (`live`: `{written, resyncs, slowClosed, latency: {count, p50Ms,
-//! p99Ms, maxMs}}`, from the ARI frame arriving to the UI message written). 200 when the
-//! database answers, 503 otherwise; the ARI state is reported, not required.
+//! p99Ms, maxMs}}`, from the ARI frame arriving to the UI message written), and the
+//! supervised tasks (`tasks`: `[{name, state, recordsCalls, restarts, lastError, since}]`).
+//! 200 when the database answers and every task that records calls is running; 503
+//! otherwise, with `"status": "degraded"` and the `reason`. The ARI state is reported, not
+//! required (its task keeps reconnecting while Asterisk is away).
 
 use std::sync::atomic::Ordering;
 
@@ -24,8 +27,19 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ari = state.ari_state.borrow().clone();
     let ingest = &state.ingest_stats;
     let writer = state.writer_stats.as_ref();
-    let body = json!({
-        "status": if db.is_ok() { "ok" } else { "degraded" },
+    let mut reasons: Vec<String> = Vec::new();
+    if let Err(e) = &db {
+        reasons.push(format!("database down: {e}"));
+    }
+    for t in state.tasks.recording_down() {
+        reasons.push(match &t.last_error {
+            Some(e) => format!("call-recording task {} is {}: {e}", t.name, t.state),
+            None => format!("call-recording task {} is {}", t.name, t.state),
+        });
+    }
+    let ok = reasons.is_empty();
+    let mut body = json!({
+        "status": if ok { "ok" } else { "degraded" },
         "database": match &db {
             Ok(()) => json!({"state": "up", "backend": format!("{:?}", state.db.backend()).to_lowercase()}),
             Err(e) => json!({"state": "down", "error": e.to_string()}),
@@ -43,8 +57,12 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "activeCalls": state.hub.active_calls().len(),
         "liveSubscribers": state.hub.subscribers(),
         "live": state.hub.stats().to_json(),
+        "tasks": state.tasks.snapshot(),
     });
-    let status = if db.is_ok() {
+    if !ok {
+        body["reason"] = Value::String(reasons.join("; "));
+    }
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -26,6 +26,7 @@ use crate::calls::writer::WriterStats;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::live::Hub;
+use crate::supervisor::TaskStatuses;
 
 /// The connection a request came in on (axum `ConnectInfo<Peer>`): the client's address,
 /// and the socket's file descriptor, which `GET /ws` duplicates so that the live fan-out can
@@ -92,11 +93,14 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Extensions provisioner (PJSIP file, reload, verification), when running.
     pub extensions: Option<Arc<crate::extensions::Provisioner>>,
+    /// The supervised tasks' statuses (`/health`); empty when no supervisor runs.
+    pub tasks: TaskStatuses,
 }
 
 impl AppState {
-    /// A state with no ARI connection yet, no counters, no adapters and no writer: fill in
-    /// what a caller has with struct update syntax (`AppState { kavkom, ..AppState::new(..) }`).
+    /// A state with no ARI connection yet, no counters, no adapters, no writer and no
+    /// supervised tasks: fill in what a caller has with struct update syntax
+    /// (`AppState { kavkom, ..AppState::new(..) }`).
     pub fn new(db: Db, settings: Arc<Settings>, hub: Hub) -> Self {
         AppState {
             db,
@@ -110,6 +114,7 @@ impl AppState {
             login_limiter: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
+            tasks: TaskStatuses::default(),
         }
     }
 }

@@ -18,11 +18,11 @@ use pbxbridge::calls::tracker::CallChange;
 use pbxbridge::calls::{CallStatus, Direction, Source};
 use pbxbridge::db::Db;
 use pbxbridge::live::{Hub, LiveEvent};
+use pbxbridge::supervisor::Supervisor;
 use pbxbridge::sync::kerio::sync::{PENDING_HIGH, PENDING_LOW, WATERMARK};
 use pbxbridge::sync::kerio::{ClientOptions, Kerio, KerioError, Options, SyncRange};
 use pbxbridge::sync::state::get_watermark;
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::support;
@@ -725,8 +725,9 @@ async fn kerio_active_calls_reach_the_hub() {
     let k = Arc::new(kerio(&url, &t.db, fast_options()));
     let hub = Hub::default();
     let mut rx = hub.subscribe();
-    let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
-    k.start(&hub, &mut tasks, &cancel);
+    let cancel = CancellationToken::new();
+    let supervisor = Supervisor::new(cancel.clone());
+    k.start(&hub, &supervisor);
 
     let call = |status: i64, secs: i64, ans: i64| json!({"FROM": {"NUMBER": "998901234567"}, "TO": {"NUMBER": "101"}, "STATUS": status, "CALL_DURATION": secs, "ANSWERED_DURATION": ans});
     let mut next = async || loop {
@@ -764,7 +765,7 @@ async fn kerio_active_calls_reach_the_hub() {
     let polls = fake.lock().unwrap().requests_of("Status.getCalls");
     assert_eq!(polls[0]["query"]["limit"], -1);
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    supervisor.wait().await;
     assert_eq!(fake.lock().unwrap().logouts, 1, "logout at shutdown");
 }
 

@@ -11,5 +11,6 @@ mod kavkom;
 mod kerio;
 mod link;
 mod live;
+mod supervise;
 mod support;
 mod users;

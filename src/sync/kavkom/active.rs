@@ -124,14 +124,14 @@ fn diff(
 }
 
 /// Polls until `cancel`, every `every`. Failures are logged once when they start (then at
-/// debug level) and once when polling recovers.
-pub async fn run(k: Arc<Kavkom>, every: Duration, cancel: CancellationToken) {
-    let mut st = ActiveState::default();
+/// debug level) and once when polling recovers. `st` is borrowed, so that a restarted poller
+/// (see `crate::supervisor`) still ends the calls the last one saw live.
+pub async fn run(k: Arc<Kavkom>, every: Duration, st: &mut ActiveState, cancel: CancellationToken) {
     let mut failing = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            r = poll_once(&k, &mut st) => match r {
+            r = poll_once(&k, st) => match r {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("Kavkom active calls: polling works again");

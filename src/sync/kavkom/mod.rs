@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{ClientOptions, KavkomClient, KavkomError};
@@ -34,6 +33,7 @@ use crate::config::{Secret, Settings};
 use crate::db::Db;
 use crate::http::AppState;
 use crate::live::Hub;
+use crate::supervisor::{Attempt, Supervisor, TaskSpec};
 use crate::sync::SyncReport;
 use crate::sync::recording;
 
@@ -199,19 +199,18 @@ fn token(settings: &Settings) -> Option<Secret> {
         .filter(|t| !t.expose().trim().is_empty())
 }
 
-/// Starts the adapter's tasks when configured (KAVKOM_API_TOKEN); None when off.
+/// Registers the adapter's tasks with `supervisor` when configured (KAVKOM_API_TOKEN); None when off.
 ///
 /// With a token but no `KAVKOM_DOMAIN_UUID` the adapter is returned idle (routes explain);
 /// a bad `KAVKOM_TIMEZONE` or `KAVKOM_MAX_RPS` is logged and the adapter stays off.
 /// Tasks: the history sync (now, then every `KAVKOM_SYNC_INTERVAL` minutes; 0 = off) and
 /// the active-call poller (every `KAVKOM_POLL_INTERVAL` seconds; 0 = off), both stopping on
-/// `cancel`.
+/// the supervisor's cancel (tasks `kavkom-history` and `kavkom-active` of `supervisor`).
 pub fn spawn(
     settings: &Arc<Settings>,
     db: &Db,
     hub: &Hub,
-    tasks: &mut JoinSet<()>,
-    cancel: &CancellationToken,
+    supervisor: &Supervisor,
 ) -> Option<Arc<Kavkom>> {
     let k = match Kavkom::new(settings.clone(), db.clone(), hub.clone()) {
         Ok(Some(k)) => Arc::new(k),
@@ -239,18 +238,18 @@ pub fn spawn(
         s.kavkom_timezone
     );
     if s.kavkom_sync_interval > 0 {
-        tasks.spawn(sync_loop(
-            k.clone(),
-            Duration::from_secs(s.kavkom_sync_interval * 60),
-            cancel.clone(),
-        ));
+        let (kavkom, every) = (k.clone(), Duration::from_secs(s.kavkom_sync_interval * 60));
+        supervisor.register(TaskSpec::new("kavkom-history"), move |a: Attempt| {
+            sync_loop(kavkom.clone(), every, a.cancel)
+        });
     }
     if s.kavkom_poll_interval > 0 {
-        tasks.spawn(active::run(
-            k.clone(),
-            Duration::from_secs(s.kavkom_poll_interval),
-            cancel.clone(),
-        ));
+        let (kavkom, every) = (k.clone(), Duration::from_secs(s.kavkom_poll_interval));
+        let st = Arc::new(tokio::sync::Mutex::new(active::ActiveState::default()));
+        supervisor.register(TaskSpec::new("kavkom-active"), move |a: Attempt| {
+            let (kavkom, st) = (kavkom.clone(), st.clone());
+            async move { active::run(kavkom, every, &mut *st.lock().await, a.cancel).await }
+        });
     }
     Some(k)
 }

@@ -232,11 +232,21 @@ impl Kerio {
         parse_snapshot(&self.client.call("Status.getCalls", params).await?)
     }
 
+    /// An empty memory of live calls for [`Kerio::run_active`] (starts within the poll
+    /// interval plus 3 s are the same call).
+    pub fn new_active_calls(&self) -> ActiveCalls {
+        ActiveCalls::new(
+            self.agents.clone(),
+            self.options.poll_interval + Duration::from_secs(3),
+        )
+    }
+
     /// Polls active calls every `poll_interval` until `cancel`, publishing changes on `hub`.
     /// Failures are logged once per streak and retried with a growing delay (up to 60 s).
-    pub async fn run_active(&self, hub: Hub, cancel: CancellationToken) {
+    /// `calls` is borrowed, so that a restarted poller (see `crate::supervisor`) still ends
+    /// the calls the last one saw live.
+    pub async fn run_active(&self, hub: Hub, calls: &mut ActiveCalls, cancel: CancellationToken) {
         let interval = self.options.poll_interval;
-        let mut calls = ActiveCalls::new(self.agents.clone(), interval + Duration::from_secs(3));
         let mut failures: u32 = 0;
         loop {
             let delay = match self.active_calls().await {

@@ -25,7 +25,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{ClientOptions, KerioClient, KerioError};
@@ -36,6 +35,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::http::AppState;
 use crate::live::Hub;
+use crate::supervisor::{Attempt, Supervisor, TaskSpec};
 
 /// Timing of the adapter. [`Options::from_settings`] reads the settings; tests shorten them.
 #[derive(Clone, Debug)]
@@ -100,17 +100,29 @@ impl Kerio {
         &self.client
     }
 
-    /// Spawns the history sync loop and the active-call poll into `tasks`; both stop on
-    /// `cancel`, after which the session is logged out.
-    pub fn start(self: &Arc<Self>, hub: &Hub, tasks: &mut JoinSet<()>, cancel: &CancellationToken) {
+    /// Registers the history sync loop (`kerio-history`) and the active-call poll
+    /// (`kerio-active`) with `supervisor`; both stop when it is cancelled, after which the
+    /// session is logged out.
+    pub fn start(self: &Arc<Self>, hub: &Hub, supervisor: &Supervisor) {
         let kerio = self.clone();
-        let hub = hub.clone();
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            tokio::join!(
-                kerio.run_history(cancel.clone()),
-                kerio.run_active(hub, cancel.clone())
-            );
+        let history = supervisor.register(TaskSpec::new("kerio-history"), move |a: Attempt| {
+            let kerio = kerio.clone();
+            async move { kerio.run_history(a.cancel).await }
+        });
+        let (kerio, hub) = (self.clone(), hub.clone());
+        let calls = Arc::new(Mutex::new(self.new_active_calls()));
+        let active = supervisor.register(TaskSpec::new("kerio-active"), move |a: Attempt| {
+            let (kerio, hub, calls) = (kerio.clone(), hub.clone(), calls.clone());
+            async move {
+                kerio
+                    .run_active(hub, &mut *calls.lock().await, a.cancel)
+                    .await
+            }
+        });
+        let kerio = self.clone();
+        supervisor.spawn_once(async move {
+            history.stopped().await;
+            active.stopped().await;
             kerio.client.logout().await;
         });
     }
@@ -156,21 +168,20 @@ impl Kerio {
     }
 }
 
-/// Starts the adapter's tasks when configured (KERIO_PBX_HOST or KERIO_API_URL); None when
+/// Registers the adapter's tasks with `supervisor` when configured (KERIO_PBX_HOST or KERIO_API_URL); None when
 /// off, or when its settings are unusable (logged).
 pub fn spawn(
     settings: &Arc<Settings>,
     db: &Db,
     hub: &Hub,
-    tasks: &mut JoinSet<()>,
-    cancel: &CancellationToken,
+    supervisor: &Supervisor,
 ) -> Option<Arc<Kerio>> {
     let _configured = client::endpoint_from(&settings.kerio)?;
     match Kerio::new(settings, db.clone(), Options::from_settings(settings)) {
         Ok(k) => {
             let k = Arc::new(k);
             tracing::info!(endpoint = %k.client.endpoint(), "Kerio Operator adapter on");
-            k.start(hub, tasks, cancel);
+            k.start(hub, supervisor);
             Some(k)
         }
         Err(e) => {
