@@ -350,11 +350,11 @@ pub struct KerioSettings {
         global = true
     )]
     pub kerio_api_password: Option<Secret>,
-    /// Minutes between call-history syncs.
-    #[arg(long, env = "KERIO_SYNC_INTERVAL", default_value_t = 5, global = true)]
+    /// Minutes between call-history syncs (1 to 10,080, a week).
+    #[arg(long, env = "KERIO_SYNC_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_080), global = true)]
     pub kerio_sync_interval: u64,
-    /// Seconds between active-call polls.
-    #[arg(long, env = "KERIO_POLL_INTERVAL", default_value_t = 2, global = true)]
+    /// Seconds between active-call polls (1 to 3,600).
+    #[arg(long, env = "KERIO_POLL_INTERVAL", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
     pub kerio_poll_interval: u64,
     /// Accept any TLS certificate from the appliance (self-signed).
     #[arg(
@@ -387,11 +387,11 @@ pub struct KavkomSettings {
         global = true
     )]
     pub kavkom_api_url: String,
-    /// Minutes between call-history syncs.
-    #[arg(long, env = "KAVKOM_SYNC_INTERVAL", default_value_t = 5, global = true)]
+    /// Minutes between call-history syncs (1 to 10,080, a week).
+    #[arg(long, env = "KAVKOM_SYNC_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_080), global = true)]
     pub kavkom_sync_interval: u64,
-    /// Seconds between active-call polls.
-    #[arg(long, env = "KAVKOM_POLL_INTERVAL", default_value_t = 5, global = true)]
+    /// Seconds between active-call polls (1 to 3,600).
+    #[arg(long, env = "KAVKOM_POLL_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
     pub kavkom_poll_interval: u64,
     /// IANA time zone of the Kavkom account (CDR times are local).
     #[arg(
