@@ -36,7 +36,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Cancels every task and waits for them (queued frames and records are flushed first).
+    /// Cancels every task and waits for them. Nothing queued is lost: the pipeline handles
+    /// the frames already read, then drops its writer handle, which closes the writer's
+    /// queue; the writer returns only once every pending record is committed (retrying for
+    /// as long as the database is down).
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while let Some(r) = self.tasks.join_next().await {
@@ -61,14 +64,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let hub = Hub::new(settings.core.live_buffer as usize);
 
     // Call writer.
-    let (writer_handle, writer_rx) = writer::channel();
+    let (writer_handle, writer_inbox) = writer::channel();
     let writer_stats = writer_handle.stats().clone();
-    tasks.spawn(writer::run(
-        db.clone(),
-        writer_rx,
-        writer_stats.clone(),
-        cancel.clone(),
-    ));
+    tasks.spawn(writer::run(db.clone(), writer_inbox, cancel.clone()));
 
     // Tracker, with the calls that were live when the daemon last stopped.
     let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
