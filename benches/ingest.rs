@@ -79,11 +79,10 @@ fn call_copies(n: usize) -> Vec<AriMessage> {
 async fn end_to_end(url: &str, label: &str, calls: usize) -> f64 {
     let db = Db::connect_and_migrate(url).await.unwrap();
     let msgs = call_copies(calls);
-    let (handle, mut rx) = writer::channel();
+    let (handle, inbox) = writer::channel();
     let stats = handle.stats().clone();
     let cancel = CancellationToken::new();
-    let (wdb, wstats, stop) = (db.clone(), stats.clone(), cancel.clone());
-    let task = tokio::spawn(async move { writer::run(wdb, &mut rx, wstats, stop).await });
+    let task = tokio::spawn(writer::run(db.clone(), inbox, cancel.clone()));
     let start = Instant::now();
     let mut p = Pipeline::new(
         Tracker::new(AgentMatcher::default()),

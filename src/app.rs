@@ -56,7 +56,9 @@ pub struct Running {
 
 impl Running {
     /// Cancels every task and waits for them, in the order of [`crate::app`]'s table: the
-    /// queued frames are processed, then the records written. Nothing is restarted meanwhile.
+    /// queued frames are processed, then the records written (the writer returns only once
+    /// every pending record is committed, retrying for as long as the database is down).
+    /// Nothing is restarted meanwhile.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.supervisor.wait().await;
@@ -77,7 +79,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let hub = Hub::new(settings.core.live_buffer as usize);
 
     // The queues between the call tasks, made once: every attempt of a task uses the same.
-    let (writer_handle, writer_rx) = writer::channel();
+    let (writer_handle, writer_inbox) = writer::channel();
     let writer_stats = writer_handle.stats().clone();
     let (ari_tx, ari_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(AriState::Connecting);
@@ -126,16 +128,33 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         db: db.clone(),
         agents: agents.clone(),
         rx: Mutex::new(ari_rx),
-        writer: writer_handle,
+        writer: std::sync::Mutex::new(Some(writer_handle)),
+        writer_stats: writer_stats.clone(),
         hub: hub.clone(),
         stasis: stasis_tx,
         stats: ingest_stats.clone(),
         ari: ari.clone(),
     });
-    let pipeline = supervisor.register(
-        TaskSpec::new("pipeline").records_calls().stop_after(&ari),
-        move |a: Attempt| pipeline_task.clone().run(a),
-    );
+    let pipeline = {
+        let task = pipeline_task.clone();
+        supervisor.register(
+            TaskSpec::new("pipeline").records_calls().stop_after(&ari),
+            move |a: Attempt| task.clone().run(a),
+        )
+    };
+    {
+        // Once the pipeline has stopped for good (shutdown), nothing more can be queued for
+        // the writer: close its queue so that it drains and returns.
+        let stopped = pipeline.clone();
+        supervisor.spawn_once(async move {
+            stopped.stopped().await;
+            pipeline_task
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        });
+    }
     let stasis_rx = Arc::new(Mutex::new(stasis_rx));
     supervisor.register(
         TaskSpec::new("stasis").stop_after(&pipeline),
@@ -144,17 +163,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             async move { stasis::run(client, &mut *rx.lock().await, a.cancel).await }
         },
     );
-    let writer_rx = Arc::new(Mutex::new(writer_rx));
     {
-        let (db, stats) = (db.clone(), writer_stats.clone());
+        let db = db.clone();
         supervisor.register(
             TaskSpec::new("writer")
                 .records_calls()
                 .stop_after(&pipeline),
-            move |a: Attempt| {
-                let (db, stats, rx) = (db.clone(), stats.clone(), writer_rx.clone());
-                async move { writer::run(db, &mut *rx.lock().await, stats, a.cancel).await }
-            },
+            move |a: Attempt| writer::run(db.clone(), writer_inbox.clone(), a.cancel),
         );
     }
 
@@ -221,7 +236,10 @@ struct PipelineTask {
     agents: AgentMatcher,
     /// The events queue, locked by the attempt that runs.
     rx: Mutex<mpsc::UnboundedReceiver<AriMessage>>,
-    writer: WriterHandle,
+    /// The writer's handle; dropped once the pipeline has stopped for good, which closes the
+    /// writer's queue (the writer then drains it and returns).
+    writer: std::sync::Mutex<Option<WriterHandle>>,
+    writer_stats: Arc<WriterStats>,
     hub: Hub,
     stasis: mpsc::UnboundedSender<StasisEntry>,
     stats: Arc<IngestStats>,
@@ -242,12 +260,11 @@ impl PipelineTask {
     async fn run(self: Arc<Self>, attempt: Attempt) -> anyhow::Result<()> {
         let mut rx = self.rx.lock().await;
         if attempt.is_restart()
-            && !writer_drained(self.writer.stats(), WRITER_DRAIN_WAIT, &attempt.cancel).await
+            && !writer_drained(&self.writer_stats, WRITER_DRAIN_WAIT, &attempt.cancel).await
         {
             tracing::warn!(
                 pending = self
-                    .writer
-                    .stats()
+                    .writer_stats
                     .pending
                     .load(std::sync::atomic::Ordering::Relaxed),
                 "pipeline restart: the writer still has records queued; reading the open calls anyway"
@@ -265,9 +282,14 @@ impl PipelineTask {
         }
         let mut tracker = Tracker::new(self.agents.clone());
         tracker.restore(open);
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let pipeline = Pipeline::new(
             tracker,
-            Some(self.writer.clone()),
+            writer,
             Some(self.hub.clone()),
             Some(self.stasis.clone()),
         )

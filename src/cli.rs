@@ -236,10 +236,9 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
         let db = Db::connect_and_migrate(&settings.core.database_url)
             .await
             .context("database")?;
-        let (handle, mut rx) = writer::channel();
+        let (handle, inbox) = writer::channel();
         let cancel = CancellationToken::new();
-        let (wdb, stats, stop) = (db.clone(), handle.stats().clone(), cancel.clone());
-        let task = tokio::spawn(async move { writer::run(wdb, &mut rx, stats, stop).await });
+        let task = tokio::spawn(writer::run(db.clone(), inbox, cancel.clone()));
         (Some(db), Some((handle, task, cancel)))
     };
     let mut pipeline = Pipeline::new(

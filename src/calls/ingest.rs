@@ -109,7 +109,7 @@ impl Pipeline {
         for u in &self.updates {
             log_update(u);
             if let Some(w) = &self.writer {
-                w.write(u.record.clone());
+                w.write_from(u.record.clone(), origin);
             }
             if let Some(h) = &self.hub {
                 h.publish_call_from(u, origin);

@@ -302,3 +302,91 @@ fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
         transferred_to: opt(row, "transferred_to")?,
     })
 }
+
+/// A call record the database refused, as kept in `call_write_errors`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteErrorRow {
+    /// Row id (ascending in insertion order).
+    pub id: i64,
+    /// The record's UUID.
+    pub call_record_id: String,
+    /// The record's source (`asterisk`, `kerio`, `kavkom`).
+    pub source: String,
+    /// The record's external id (any NUL written as `\u0000`).
+    pub external_id: String,
+    /// The whole record as JSON (the API's camelCase shape, control characters escaped).
+    pub record: String,
+    /// The database's error.
+    pub error: String,
+    /// When the writer gave up on it.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Text a database accepts whatever the record held: NUL (refused in PostgreSQL text)
+/// written as `\u0000`.
+fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\\u0000").into()
+    } else {
+        s.into()
+    }
+}
+
+/// Keeps a record the database refused in `call_write_errors`, whole (as JSON, which
+/// escapes every control character), with the error and the time.
+///
+/// Errors: [`DbError::Sqlx`] when the database cannot be reached.
+pub async fn insert_write_error(db: &Db, record: &CallRecord, error: &str) -> Result<(), DbError> {
+    let json = serde_json::to_string(record).map_err(|e| DbError::Decode {
+        column: "record",
+        reason: format!("cannot serialize the call record: {e}"),
+    })?;
+    sqlx::query(
+        "INSERT INTO call_write_errors (call_record_id, source, external_id, record, error, failed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(record.id.to_string())
+    .bind(record.source.as_str())
+    .bind(storable(&record.call_id).into_owned())
+    .bind(json)
+    .bind(storable(error).into_owned())
+    .bind(format_time(&Utc::now()))
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// How many records `call_write_errors` holds.
+pub async fn count_write_errors(db: &Db) -> Result<i64, DbError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM call_write_errors")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get::<i64, _>("n")?)
+}
+
+/// The newest `limit` rows of `call_write_errors`, oldest first.
+pub async fn list_write_errors(db: &Db, limit: i64) -> Result<Vec<WriteErrorRow>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, call_record_id, source, external_id, record, error, failed_at \
+         FROM call_write_errors ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit.max(0))
+    .fetch_all(db.pool())
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|row| {
+            Ok(WriteErrorRow {
+                id: row.try_get::<i64, _>("id")?,
+                call_record_id: row.try_get::<String, _>("call_record_id")?,
+                source: row.try_get::<String, _>("source")?,
+                external_id: row.try_get::<String, _>("external_id")?,
+                record: row.try_get::<String, _>("record")?,
+                error: row.try_get::<String, _>("error")?,
+                failed_at: parse_time("failed_at", &row.try_get::<String, _>("failed_at")?)?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    out.reverse();
+    Ok(out)
+}

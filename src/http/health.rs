@@ -53,6 +53,8 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "writerPending": writer.map(|w| w.pending.load(Ordering::Relaxed)),
             "written": writer.map(|w| w.written.load(Ordering::Relaxed)),
             "writeFailures": writer.map(|w| w.failures.load(Ordering::Relaxed)),
+            "writeErrors": writer.map(|w| w.write_errors.load(Ordering::Relaxed)),
+            "commitLatency": writer.map(|w| w.commit_latency()),
         },
         "activeCalls": state.hub.active_calls().len(),
         "liveSubscribers": state.hub.subscribers(),

@@ -168,10 +168,9 @@ pub async fn daemon_without_asterisk(db: &TestDb, extra: &[&str]) -> pbxbridge::
 /// record is written (what `replay` does, without printing).
 pub async fn feed(db: &TestDb, msgs: Vec<pbxbridge::ari::stream::AriMessage>) {
     use pbxbridge::calls::{ingest::Pipeline, tracker::Tracker, writer};
-    let (handle, mut rx) = writer::channel();
+    let (handle, inbox) = writer::channel();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (wdb, stats, stop) = (db.db.clone(), handle.stats().clone(), cancel.clone());
-    let task = tokio::spawn(async move { writer::run(wdb, &mut rx, stats, stop).await });
+    let task = tokio::spawn(writer::run(db.db.clone(), inbox, cancel.clone()));
     let mut p = Pipeline::new(Tracker::new(Default::default()), Some(handle), None, None);
     for m in msgs {
         p.handle(m);
