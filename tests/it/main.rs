@@ -12,3 +12,4 @@ mod kerio;
 mod live;
 mod support;
 mod users;
+mod writer;
