@@ -143,7 +143,10 @@ impl WriterHandle {
                 }
             }
         }
-        shared.stats.pending.store(q.calls as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .pending
+            .store(q.calls as u64, Ordering::Relaxed);
     }
 
     /// Counters.
@@ -317,6 +320,17 @@ fn classify_sqlite(code: &str) -> FailureKind {
     }
 }
 
+/// The error as kept in `call_write_errors`: its text, and the database's own code when
+/// there is one (`... (code 22021)`).
+fn describe(e: &WriteError) -> String {
+    if let WriteError::Db(DbError::Sqlx(sqlx::Error::Database(db))) = e
+        && let Some(code) = db.code()
+    {
+        return format!("{e} (code {code})");
+    }
+    e.to_string()
+}
+
 /// Where batches go: the database, or a fake in unit tests.
 trait Sink: Sync {
     /// Upserts the records in one transaction.
@@ -474,13 +488,19 @@ fn resolve(shared: &Shared, batch: &Batch, range: Range<usize>, committed: bool)
             q.calls = q.calls.saturating_sub(1);
         }
     }
-    shared.stats.pending.store(q.calls as u64, Ordering::Relaxed);
+    shared
+        .stats
+        .pending
+        .store(q.calls as u64, Ordering::Relaxed);
     drop(q);
     if committed {
         let n = range.len() as u64;
         shared.stats.written.fetch_add(n, Ordering::Relaxed);
         for s in &batch.since[range] {
-            shared.stats.latency.record(now.saturating_duration_since(*s));
+            shared
+                .stats
+                .latency
+                .record(now.saturating_duration_since(*s));
         }
     }
 }
@@ -506,8 +526,7 @@ async fn write_batch<S: Sink>(
     if all.is_empty() {
         return;
     }
-    let first = match write_part(sink, shared, batch, all.clone(), UNKNOWN_ATTEMPTS, cancel).await
-    {
+    let first = match write_part(sink, shared, batch, all.clone(), UNKNOWN_ATTEMPTS, cancel).await {
         Ok(()) => {
             resolve(shared, batch, all, true);
             return;
@@ -610,12 +629,11 @@ async fn keep_refused<S: Sink>(
     error: &WriteError,
 ) {
     let record = &batch.records[i];
-    let error = error.to_string();
+    let error = describe(error);
     let mut delays = backoff();
     let mut unknown: u32 = 0;
     loop {
-        let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, sink.keep_refused(record, &error))
-            .await
+        let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, sink.keep_refused(record, &error)).await
         {
             Ok(Ok(())) => {
                 tracing::error!(
@@ -853,7 +871,11 @@ mod tests {
         let mut refused: Vec<&str> = s.refused.iter().map(|(r, _)| r.call_id.as_str()).collect();
         refused.sort();
         assert_eq!(refused, ["call-242", "call-7"]);
-        assert!(s.refused[0].1.contains("poison in call-7"), "{}", s.refused[0].1);
+        assert!(
+            s.refused[0].1.contains("poison in call-7"),
+            "{}",
+            s.refused[0].1
+        );
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
         assert_eq!(stats.written.load(Ordering::Relaxed), 298);
         assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
@@ -877,7 +899,10 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        assert!(most <= 100, "at most one pending snapshot per call, saw {most}");
+        assert!(
+            most <= 100,
+            "at most one pending snapshot per call, saw {most}"
+        );
         assert!(fake.upserts() <= 1);
         fake.open();
         drop(handle);
@@ -1018,7 +1043,9 @@ mod tests {
 
     #[test]
     fn writer_latency_buckets_cover_every_value() {
-        for us in [0u64, 1, 31, 32, 33, 63, 64, 100, 1_000, 12_345, 250_000, 10_000_000] {
+        for us in [
+            0u64, 1, 31, 32, 33, 63, 64, 100, 1_000, 12_345, 250_000, 10_000_000,
+        ] {
             let b = CommitLatency::bucket(us);
             assert!(CommitLatency::upper(b) >= us, "{us}");
             assert!(b == 0 || CommitLatency::upper(b - 1) < us, "{us}");

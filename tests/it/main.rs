@@ -14,3 +14,4 @@ mod live;
 mod supervise;
 mod support;
 mod users;
+mod writer;
