@@ -197,16 +197,5 @@ async fn shutdown_signal() {
     }
 }
 
-/// A database URL with any password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// Kept here for callers that used it from `app`; it lives in [`crate::config`].
+pub use crate::config::redact_url;

@@ -27,7 +27,7 @@ use super::{Kavkom, store};
 use crate::calls::CallRecord;
 use crate::calls::store as calls_store;
 use crate::sync::SyncReport;
-use crate::sync::state;
+use crate::db::watermark as state;
 
 /// Rows asked per page (the API's maximum is unknown; fewer rows are coped with).
 pub const PAGE_SIZE: u32 = 100;
