@@ -1,7 +1,8 @@
 //! `serve`: wires the daemon together and owns every task. The tasks: the HTTP API, the ARI
 //! events connection, the call pipeline, the Stasis hand-back, the call writer, the AMI
-//! connection (when AMI_USERNAME is set) and the extensions provisioner. All are
-//! spawned into one [`JoinSet`] and stop on one [`CancellationToken`] (Ctrl-C / SIGTERM).
+//! connection (when AMI_USERNAME is set), the CEL backfill (when ASTERISK_CEL_URL is set)
+//! and the extensions provisioner. All are spawned into one [`JoinSet`] and stop on one
+//! [`CancellationToken`] (Ctrl-C / SIGTERM).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +120,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tasks.spawn(ingest::run(pipeline, ari_rx, cancel.clone()));
     tracing::info!(url = %stream::events_url(&client, client.app()), "connecting to ARI");
     tasks.spawn(stream::run(client, ari_tx, state_tx, cancel.clone()));
+
+    // CEL backfill (when ASTERISK_CEL_URL is set): at start, after every ARI (re)connect and
+    // every CEL_SWEEP_INTERVAL.
+    if let Some(url) = &settings.cel.asterisk_cel_url {
+        let backfill = crate::cel::backfill::Backfill::new(url, Some(db.clone()), agents.clone());
+        tasks.spawn(crate::cel::backfill::run(
+            backfill,
+            state_rx.clone(),
+            |s: &AriState| matches!(s, AriState::Connected { .. }),
+            std::time::Duration::from_secs(settings.cel.cel_sweep_interval),
+            cancel.clone(),
+        ));
+    }
 
     // Hosted PBXs.
     let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &mut tasks, &cancel);
