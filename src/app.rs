@@ -128,7 +128,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tasks.spawn(crate::cel::backfill::run(
             backfill,
             state_rx.clone(),
-            |s: &AriState| matches!(s, AriState::Connected { .. }),
+            |s: &AriState| match s {
+                AriState::Connected { since } => Some(*since),
+                _ => None,
+            },
             std::time::Duration::from_secs(settings.cel.cel_sweep_interval),
             cancel.clone(),
         ));

@@ -209,28 +209,31 @@ fn elapsed_ms(since: Instant) -> u64 {
 }
 
 /// The daemon's CEL task: a [`Backfill::sweep`] at start, after every transition of `link`
-/// to up (`is_up`: the ARI connection state came up again) and every `every`; returns when
-/// `cancel` fires (a run under way is abandoned: what it committed stays, the watermark does
-/// not move). One info line per run; a failed run is logged and retried at the next trigger.
+/// to up (`up_since` gives the time the ARI connection came up, `None` while it is down) and
+/// every `every`; returns when `cancel` fires (a run under way is abandoned: what it
+/// committed stays, the watermark does not move). A (re)connect already covered by the
+/// previous run (its window ends after the connection came up) does not run again. One info
+/// line per run; a failed run is logged and retried at the next trigger.
 pub async fn run<T, F>(
     mut backfill: Backfill,
     mut link: watch::Receiver<T>,
-    is_up: F,
+    up_since: F,
     every: Duration,
     cancel: CancellationToken,
 ) where
     T: Send + Sync + 'static,
-    F: Fn(&T) -> bool + Send + 'static,
+    F: Fn(&T) -> Option<DateTime<Utc>> + Send + 'static,
 {
     tracing::info!(
         url = %backfill.redacted_url(),
         every_s = every.as_secs(),
         "CEL backfill on"
     );
-    let mut was_up = is_up(&link.borrow_and_update());
+    let mut was_up = up_since(&link.borrow_and_update()).is_some();
     let mut link_open = true;
     let mut next = tokio::time::Instant::now();
     let mut reason = "start";
+    let mut covered_to: Option<DateTime<Utc>> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -240,10 +243,11 @@ pub async fn run<T, F>(
                     link_open = false;
                     continue;
                 }
-                let up = is_up(&link.borrow_and_update());
-                let rising = up && !was_up;
-                was_up = up;
-                if !rising {
+                let since = up_since(&link.borrow_and_update());
+                let rising = since.is_some() && !was_up;
+                was_up = since.is_some();
+                let covered = matches!((since, covered_to), (Some(s), Some(c)) if c >= s);
+                if !rising || covered {
                     continue;
                 }
                 reason = "ARI connected";
@@ -254,17 +258,20 @@ pub async fn run<T, F>(
             r = backfill.sweep() => r,
         };
         match result {
-            Ok((window, r)) => tracing::info!(
-                "CEL backfill ({reason}) {window}: {} calls folded, {} inserted, {} updated, \
-                 {} skipped, {} rows read, {} bad rows, {} ms",
-                r.calls_folded,
-                r.inserted,
-                r.updated,
-                r.skipped,
-                r.read_rows,
-                r.bad_rows,
-                r.ms
-            ),
+            Ok((window, r)) => {
+                covered_to = Some(window.to);
+                tracing::info!(
+                    "CEL backfill ({reason}) {window}: {} calls folded, {} inserted, {} updated, \
+                     {} skipped, {} rows read, {} bad rows, {} ms",
+                    r.calls_folded,
+                    r.inserted,
+                    r.updated,
+                    r.skipped,
+                    r.read_rows,
+                    r.bad_rows,
+                    r.ms
+                )
+            }
             Err(e) => tracing::error!(
                 "CEL backfill ({reason}) failed, retrying at the next trigger: {e}"
             ),
