@@ -241,12 +241,7 @@ pub struct AriSettings {
 pub struct CelSettings {
     /// Database holding Asterisk's `cel` table: `postgres://USER@HOST/DB` (cel_pgsql) or
     /// `sqlite:///var/log/asterisk/master.db` (cel_sqlite3_custom). Backfill is off when unset.
-    #[arg(
-        long,
-        env = "ASTERISK_CEL_URL",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "ASTERISK_CEL_URL", hide_env_values = true, global = true)]
     pub asterisk_cel_url: Option<Secret>,
     /// Seconds between two CEL sweeps (besides the backfill after every ARI (re)connect).
     #[arg(long, env = "CEL_SWEEP_INTERVAL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]

@@ -253,7 +253,10 @@ mod tests {
             },
         );
         assert_eq!(r.status, Some(CallStatus::Failed));
-        assert_eq!(r.hangup_cause_text.as_deref(), Some("No route to destination"));
+        assert_eq!(
+            r.hangup_cause_text.as_deref(),
+            Some("No route to destination")
+        );
         let mut r = rec();
         let mut finals = Finals::default();
         finals.record("BUSY");

@@ -48,7 +48,12 @@ pub struct Window {
 
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} .. {}", format_time(&self.from), format_time(&self.to))
+        write!(
+            f,
+            "{} .. {}",
+            format_time(&self.from),
+            format_time(&self.to)
+        )
     }
 }
 
@@ -272,9 +277,9 @@ pub async fn run<T, F>(
                     r.ms
                 )
             }
-            Err(e) => tracing::error!(
-                "CEL backfill ({reason}) failed, retrying at the next trigger: {e}"
-            ),
+            Err(e) => {
+                tracing::error!("CEL backfill ({reason}) failed, retrying at the next trigger: {e}")
+            }
         }
         next = tokio::time::Instant::now() + every;
         reason = "sweep";

@@ -167,21 +167,17 @@ pub fn fold_call(
             }
         }
         match e.kind {
-            Kind::ChanStart => {
-                if start.is_none() {
-                    start = Some(e.time);
-                }
-            }
+            Kind::ChanStart if start.is_none() => start = Some(e.time),
             Kind::ChanEnd | Kind::LinkedidEnd => {
                 end = Some(end.map_or(e.time, |t| t.max(e.time)));
             }
-            Kind::AppStart if r.appname.eq_ignore_ascii_case("stasis") => {
-                if stasis_direction.is_none() {
-                    let mut args = r.appdata.split(',').skip(1);
-                    stasis_direction = args.next().and_then(rules::direction_arg);
-                    if stasis_direction.is_some() {
-                        stasis_to = args.next().filter(|a| !a.is_empty());
-                    }
+            Kind::AppStart
+                if stasis_direction.is_none() && r.appname.eq_ignore_ascii_case("stasis") =>
+            {
+                let mut args = r.appdata.split(',').skip(1);
+                stasis_direction = args.next().and_then(rules::direction_arg);
+                if stasis_direction.is_some() {
+                    stasis_to = args.next().filter(|a| !a.is_empty());
                 }
             }
             Kind::Answer if !is_origin && !local => {
@@ -194,7 +190,9 @@ pub fn fold_call(
             }
             Kind::Hangup => {
                 let extra = e.extra.as_ref();
-                let cause = extra.and_then(|x| x.get("hangupcause")).and_then(Value::as_i64);
+                let cause = extra
+                    .and_then(|x| x.get("hangupcause"))
+                    .and_then(Value::as_i64);
                 if cause.is_some() {
                     if is_origin {
                         origin_cause = cause;
@@ -360,7 +358,8 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
                 .parse()
                 .map_err(|_| format!("eventtime {s:?} is not a time"))?
         };
-        DateTime::from_timestamp(secs, nanos).ok_or_else(|| format!("eventtime {s:?} is out of range"))?
+        DateTime::from_timestamp(secs, nanos)
+            .ok_or_else(|| format!("eventtime {s:?} is out of range"))?
     } else if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f") {
         t.and_utc()
     } else if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
@@ -400,7 +399,14 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(b, c);
         assert_eq!(parse_time("1795279489").unwrap().timestamp(), 1_795_279_489);
-        for bad in ["", "yesterday", "1.2.3", "99999999999999999999", "0.5", "1795279489.1234567891"] {
+        for bad in [
+            "",
+            "yesterday",
+            "1.2.3",
+            "99999999999999999999",
+            "0.5",
+            "1795279489.1234567891",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
     }
@@ -408,7 +414,14 @@ mod tests {
     #[test]
     fn unfinished_call_is_not_folded() {
         let rows = [
-            row(1, "CHAN_START", "1795279489.0", "PJSIP/pstn-1", "1.1", "1.1"),
+            row(
+                1,
+                "CHAN_START",
+                "1795279489.0",
+                "PJSIP/pstn-1",
+                "1.1",
+                "1.1",
+            ),
             row(2, "HANGUP", "1795279490.0", "PJSIP/pstn-1", "1.1", "1.1"),
         ];
         let f = fold_rows(&rows, &AgentMatcher::default());
@@ -425,13 +438,27 @@ mod tests {
         let mut huge = row(5, "ANSWER", "1795279490.0", "PJSIP/1001-2", "1.2", "1.1");
         huge.appdata = "x".repeat(MAX_FIELD + 1);
         let rows = [
-            row(1, "CHAN_START", "1795279489.0", "PJSIP/pstn-1", "1.1", "1.1"),
+            row(
+                1,
+                "CHAN_START",
+                "1795279489.0",
+                "PJSIP/pstn-1",
+                "1.1",
+                "1.1",
+            ),
             row(2, "CHAN_START", "yesterday", "PJSIP/1001-2", "1.2", "1.1"),
             hangup,
             absurd,
             huge,
             row(6, "CHAN_END", "1795279491.0", "PJSIP/pstn-1", "1.1", ""),
-            row(7, "LINKEDID_END", "1795279491.5", "PJSIP/pstn-1", "1.1", "1.1"),
+            row(
+                7,
+                "LINKEDID_END",
+                "1795279491.5",
+                "PJSIP/pstn-1",
+                "1.1",
+                "1.1",
+            ),
             row(8, "CHAN_END", "1234", "PJSIP/pstn-1", "1.1", "1.1"),
         ];
         let f = fold_rows(&rows, &AgentMatcher::default());

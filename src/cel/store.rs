@@ -324,7 +324,10 @@ impl CelStore {
         let rows = q.fetch_all(&self.pool).await.map_err(read_err)?;
         rows.iter()
             .map(|r| {
-                let t = |c: &str| r.try_get::<Option<String>, _>(c).map(Option::unwrap_or_default);
+                let t = |c: &str| {
+                    r.try_get::<Option<String>, _>(c)
+                        .map(Option::unwrap_or_default)
+                };
                 Ok(CelRow {
                     seq: r.try_get::<i64, _>("seq")?,
                     eventtype: t("eventtype")?,

@@ -170,7 +170,11 @@ impl CelDb {
                 );
                 let mut q = sqlx::query(&sql);
                 for c in cols {
-                    q = q.bind(if c == "eventtime" { time.clone() } else { get(c) });
+                    q = q.bind(if c == "eventtime" {
+                        time.clone()
+                    } else {
+                        get(c)
+                    });
                 }
                 q.execute(&mut *tx).await.unwrap();
             } else {
@@ -190,7 +194,11 @@ impl CelDb {
                 );
                 let mut q = sqlx::query(&sql);
                 for c in CSV_COLUMNS {
-                    q = q.bind(if c == "eventtime" { time.clone() } else { get(c) });
+                    q = q.bind(if c == "eventtime" {
+                        time.clone()
+                    } else {
+                        get(c)
+                    });
                 }
                 q.execute(&mut *tx).await.unwrap();
             }
@@ -218,12 +226,7 @@ fn capture(name: &str) -> PathBuf {
 pub fn cel_csv(scenario: &str) -> Vec<HashMap<String, String>> {
     let path = capture(scenario).join("cel.csv");
     let mut reader = csv::Reader::from_path(&path).unwrap();
-    let headers: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(String::from)
-        .collect();
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     reader
         .records()
         .map(|r| {
@@ -326,7 +329,11 @@ async fn cel_capture(db: &TestDb, scenario: &str) {
     let label = format!("{scenario} from CEL on {}", db.backend);
     let records = all_records(db).await;
     assert_matches(&label, &records, &want);
-    assert_eq!(report.calls_folded, want.len() as u64, "{label}: {report:?}");
+    assert_eq!(
+        report.calls_folded,
+        want.len() as u64,
+        "{label}: {report:?}"
+    );
     assert_eq!(report.inserted, want.len() as u64, "{label}: {report:?}");
     assert_eq!(report.bad_rows, 0, "{label}");
     for r in &records {
@@ -337,7 +344,12 @@ async fn cel_capture(db: &TestDb, scenario: &str) {
             ("blind-transfer", _) | ("attended-transfer", "1796180534.51") => Some("1002"),
             _ => None,
         };
-        assert_eq!(r.transferred_to.as_deref(), transfer, "{label} {}", r.call_id);
+        assert_eq!(
+            r.transferred_to.as_deref(),
+            transfer,
+            "{label} {}",
+            r.call_id
+        );
     }
 }
 
@@ -416,8 +428,12 @@ async fn cel_call_still_up_is_left_to_ari() {
 async fn cel_call_that_began_before_the_window_is_read_whole() {
     for db in support::both().await {
         let cel = CelDb::beside(&db).await;
-        cel.load_capture("blind-transfer", chrono::Duration::zero(), TimeFormat::DateTime)
-            .await;
+        cel.load_capture(
+            "blind-transfer",
+            chrono::Duration::zero(),
+            TimeFormat::DateTime,
+        )
+        .await;
         // The call runs 16:46:22.5 .. 16:46:31.6; the window holds only its last second.
         let window = Window {
             from: DateTime::parse_from_rfc3339("2026-11-21T16:46:31Z")
@@ -429,7 +445,11 @@ async fn cel_call_that_began_before_the_window_is_read_whole() {
         };
         let report = backfill(&db, &cel, window).await;
         assert_eq!(report.read_rows, 28, "{}", db.backend);
-        assert_matches("blind-transfer, window at its end", &all_records(&db).await, &expected("blind-transfer"));
+        assert_matches(
+            "blind-transfer, window at its end",
+            &all_records(&db).await,
+            &expected("blind-transfer"),
+        );
         // A window that ends before the call did holds nothing.
         let db2 = if db.backend == "sqlite" {
             support::sqlite().await
@@ -536,7 +556,12 @@ async fn cel_backfill_twice_is_the_same_and_never_overwrites_ari() {
         }
         let first = backfill(&db, &cel, all_captures()).await;
         assert_eq!(
-            (first.calls_folded, first.inserted, first.updated, first.skipped),
+            (
+                first.calls_folded,
+                first.inserted,
+                first.updated,
+                first.skipped
+            ),
             (8, 5, 2, 1),
             "{b}: {first:?}"
         );
@@ -564,7 +589,12 @@ async fn cel_backfill_twice_is_the_same_and_never_overwrites_ari() {
         // Twice: nothing written, the same rows.
         let second = backfill(&db, &cel, all_captures()).await;
         assert_eq!(
-            (second.calls_folded, second.inserted, second.updated, second.skipped),
+            (
+                second.calls_folded,
+                second.inserted,
+                second.updated,
+                second.skipped
+            ),
             (8, 0, 0, 8),
             "{b}: {second:?}"
         );
@@ -610,7 +640,12 @@ async fn cel_window_follows_the_watermark() {
         let start = DateTime::parse_from_rfc3339("2026-11-21T16:46:11.742Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(w.from, start - chrono::Duration::minutes(10), "{}", db.backend);
+        assert_eq!(
+            w.from,
+            start - chrono::Duration::minutes(10),
+            "{}",
+            db.backend
+        );
         let (swept, _) = b.sweep().await.unwrap();
         let mark = pbxbridge::db::watermark::get_watermark(&db.db, WATERMARK)
             .await
@@ -618,7 +653,12 @@ async fn cel_window_follows_the_watermark() {
             .unwrap();
         assert!((mark - swept.to).num_milliseconds().abs() <= 1);
         let w = b.next_window(Utc::now()).await.unwrap();
-        assert!((w.from - (mark - chrono::Duration::minutes(10))).num_milliseconds().abs() <= 1);
+        assert!(
+            (w.from - (mark - chrono::Duration::minutes(10)))
+                .num_milliseconds()
+                .abs()
+                <= 1
+        );
     }
 }
 
@@ -675,7 +715,11 @@ async fn cel_task_backfills_at_start_and_after_ari_reconnect() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let recs = all_records(&db).await;
-        assert_matches("inbound-busy after reconnect", &recs, &shift_expected(&expected("inbound-busy"), shift));
+        assert_matches(
+            "inbound-busy after reconnect",
+            &recs,
+            &shift_expected(&expected("inbound-busy"), shift),
+        );
         assert!(mark().await > Some(first), "{b}");
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
@@ -699,22 +743,33 @@ async fn cel_missing_table_or_database_is_a_clear_error() {
         p.execute("CREATE TABLE other (x)").await.unwrap();
         p.close().await;
     }
-    let err = Backfill::new(&Secret::new(empty), Some(db.db.clone()), AgentMatcher::default())
-        .run_window(all_captures(), false, &mut |_, _| {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = Backfill::new(
+        &Secret::new(empty),
+        Some(db.db.clone()),
+        AgentMatcher::default(),
+    )
+    .run_window(all_captures(), false, &mut |_, _| {})
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("no table `cel`"), "{err}");
     let url = format!(
         "postgres://ast:s3cret-pw@{}/asterisk",
         support::unreachable_url().trim_start_matches("http://")
     );
-    let err = Backfill::new(&Secret::new(url), Some(db.db.clone()), AgentMatcher::default())
-        .run_window(all_captures(), false, &mut |_, _| {})
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("unreachable") && err.contains("ast:***@"), "{err}");
+    let err = Backfill::new(
+        &Secret::new(url),
+        Some(db.db.clone()),
+        AgentMatcher::default(),
+    )
+    .run_window(all_captures(), false, &mut |_, _| {})
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("unreachable") && err.contains("ast:***@"),
+        "{err}"
+    );
     assert!(!err.contains("s3cret-pw"), "{err}");
 }
 
@@ -870,7 +925,10 @@ async fn outage(db: &TestDb) {
         eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     // Every call exactly once.
-    let mut ids: Vec<&str> = items.iter().map(|c| c["callId"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = items
+        .iter()
+        .map(|c| c["callId"].as_str().unwrap())
+        .collect();
     ids.sort();
     let n = ids.len();
     ids.dedup();
@@ -880,7 +938,12 @@ async fn outage(db: &TestDb) {
         .iter()
         .map(|c| serde_json::from_value(c.clone()).unwrap())
         .collect();
-    for s in ["inbound-answered", "inbound-busy", "burst", "attended-transfer"] {
+    for s in [
+        "inbound-answered",
+        "inbound-busy",
+        "burst",
+        "attended-transfer",
+    ] {
         let want = shift_expected(&expected(s), shifts[s]);
         let ids: Vec<&str> = want.iter().map(|e| e["callId"].as_str().unwrap()).collect();
         let got: Vec<CallRecord> = records
@@ -889,14 +952,21 @@ async fn outage(db: &TestDb) {
             .cloned()
             .collect();
         assert_matches(&format!("{s} after the outage on {b}"), &got, &want);
-        assert!(got.iter().all(|r| r.origin.as_deref() == Some("cel")), "{b} {s}");
+        assert!(
+            got.iter().all(|r| r.origin.as_deref() == Some("cel")),
+            "{b} {s}"
+        );
         assert!(got.iter().all(|r| !r.reconstructed), "{b} {s}");
     }
     // The call ARI saw whole before the outage kept ARI's record.
     let internal = records.iter().find(|r| r.call_id == WHOLE).unwrap();
     assert_eq!(internal.origin, None, "{b}");
     assert_eq!(internal.start_time, internal_seen.start_time, "{b}");
-    assert_matches("internal (ARI)", std::slice::from_ref(internal), &expected("internal"));
+    assert_matches(
+        "internal (ARI)",
+        std::slice::from_ref(internal),
+        &expected("internal"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,17 +1038,35 @@ async fn cel_cli_backfill_dry_run_prints_then_stores_once() {
             pbxbridge()
                 .env("DATABASE_URL", &url)
                 .env("ASTERISK_CEL_URL", &cel_url)
-                .args(["backfill", "--from", "2026-11-21", "--to", "2026-11-22", "--dry-run"])
+                .args([
+                    "backfill",
+                    "--from",
+                    "2026-11-21",
+                    "--to",
+                    "2026-11-22",
+                    "--dry-run",
+                ])
                 .output()
                 .unwrap()
         })
         .await
         .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{b}: {}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            out.status.success(),
+            "{b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 5, "{b}: {stdout}");
-        assert!(lines.iter().all(|l| l["origin"] == "cel" && l["labels"]["state"].is_string()));
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["origin"] == "cel" && l["labels"]["state"].is_string())
+        );
         let records: Vec<CallRecord> = lines
             .iter()
             .map(|l| serde_json::from_value(l.clone()).unwrap())
@@ -1001,8 +1089,16 @@ async fn cel_cli_backfill_dry_run_prints_then_stores_once() {
             .await
             .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-            assert!(out.status.success(), "{b}: {}", String::from_utf8_lossy(&out.stderr));
-            let want = if i == 0 { "5 new, 0 updated, 0 skipped" } else { "0 new, 0 updated, 5 skipped" };
+            assert!(
+                out.status.success(),
+                "{b}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let want = if i == 0 {
+                "5 new, 0 updated, 0 skipped"
+            } else {
+                "0 new, 0 updated, 5 skipped"
+            };
             assert!(stdout.contains(want), "{b} run {i}: {stdout}");
             rows.push(all_records(&db).await);
         }
