@@ -61,7 +61,8 @@ impl std::fmt::Display for Window {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    /// CEL rows read (every row of the calls that ended in the window).
+    /// CEL rows read: every row of the calls that ended in the window, of the events the
+    /// fold reads (`cel::store::FOLDED_EVENTS`).
     pub read_rows: u64,
     /// Finished calls folded into records.
     pub calls_folded: u64,
@@ -135,7 +136,8 @@ impl Backfill {
     }
 
     /// The window of the next scheduled run ending at `now`: from the watermark (else the
-    /// newest Asterisk call's start, else `now - 24 h`) less [`OVERLAP`].
+    /// newest Asterisk call's start, else `now - 24 h`; never later than `now`) less
+    /// [`OVERLAP`].
     ///
     /// Errors: [`CelError::NoDatabase`] without a database, [`CelError::Db`].
     pub async fn next_window(&self, now: DateTime<Utc>) -> Result<Window, CelError> {
@@ -146,7 +148,8 @@ impl Backfill {
                 .await?
                 .unwrap_or(now - FIRST_LOOKBACK),
         };
-        let from = (mark - OVERLAP).min(now);
+        // A watermark ahead of `now` (the clock went back) counts as `now`.
+        let from = mark.min(now) - OVERLAP;
         Ok(Window { from, to: now })
     }
 

@@ -2,9 +2,11 @@
 //! separate from pbxbridge's database, read-only on SQLite (Asterisk's `master.db` is
 //! Asterisk's file).
 //!
-//! Two layouts, same column names (`eventtype, eventtime, cid_name, cid_num, cid_ani,
-//! cid_dnid, exten, context, channame, appname, appdata, uniqueid, linkedid, peer, extra`,
-//! plus cel_pgsql's others, unused):
+//! Two layouts, same column names (cel_pgsql's: `eventtype, eventtime, userdeftype,
+//! cid_name, cid_num, cid_ani, cid_rdnis, cid_dnid, exten, context, channame, appname,
+//! appdata, amaflags, accountcode, peeraccount, uniqueid, linkedid, userfield, peer, extra`;
+//! pbxbridge reads `eventtype, eventtime, cid_num, exten, channame, appname, appdata,
+//! uniqueid, linkedid, extra`):
 //! - PostgreSQL, table written by `cel_pgsql` (`asterisk-conf/cel-pgsql.sql`): `eventtime`
 //!   is a `timestamp` (UTC with `usegmtime = yes`), or `timestamptz`, or text in cel_pgsql's
 //!   format `YYYY-MM-DD HH:MM:SS.ffffff`; rows are ordered by `id`.
@@ -14,7 +16,8 @@
 //!   ordered by `rowid`.
 //!
 //! Two queries: the linkedids whose `LINKEDID_END` falls in a window, then every row of
-//! those linkedids (so a call that began before the window is read whole).
+//! those linkedids (so a call that began before the window is read whole) of the events the
+//! fold reads ([`FOLDED_EVENTS`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,8 +29,8 @@ use sqlx::{AnyPool, Executor, Row};
 use super::CelError;
 use crate::config::redact_url;
 
-/// One CEL row as stored, every field as text (NULL read as empty). `seq` is the row's
-/// insertion order (`id` on PostgreSQL, `rowid` on SQLite; 0 when the table has no `id`).
+/// One CEL row as stored, the fields the fold reads, as text (NULL read as empty). `seq` is
+/// the row's insertion order (`id` on PostgreSQL, `rowid` on SQLite; 0 when the table has no `id`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CelRow {
     /// Insertion order, to break ties between rows with the same `eventtime`.
@@ -36,18 +39,10 @@ pub struct CelRow {
     pub eventtype: String,
     /// When it happened, as stored (see the module documentation for the formats).
     pub eventtime: String,
-    /// Caller id name of the channel.
-    pub cid_name: String,
     /// Caller id number of the channel.
     pub cid_num: String,
-    /// Caller ANI.
-    pub cid_ani: String,
-    /// Dialled number (DNID).
-    pub cid_dnid: String,
     /// Dialplan exten of the channel at the event.
     pub exten: String,
-    /// Dialplan context of the channel at the event.
-    pub context: String,
     /// Channel name (`PJSIP/1001-00000017`).
     pub channame: String,
     /// Application running (`Stasis`, `Dial`, `AppDial`, `Queue`, ...).
@@ -58,29 +53,36 @@ pub struct CelRow {
     pub uniqueid: String,
     /// The linkedid of the channel at the event (it can change: attended transfer).
     pub linkedid: String,
-    /// Bridged peer channel name.
-    pub peer: String,
     /// Event-specific JSON (`{"hangupcause":16,"dialstatus":"ANSWER",...}` on HANGUP).
     pub extra: String,
 }
 
-/// The CEL columns read, in [`CelRow`] order (after `seq`); those marked `true` must exist.
-const COLUMNS: [(&str, bool); 15] = [
-    ("eventtype", true),
-    ("eventtime", true),
-    ("cid_name", false),
-    ("cid_num", true),
-    ("cid_ani", false),
-    ("cid_dnid", false),
-    ("exten", true),
-    ("context", false),
-    ("channame", true),
-    ("appname", true),
-    ("appdata", true),
-    ("uniqueid", true),
-    ("linkedid", true),
-    ("peer", false),
-    ("extra", true),
+/// The CEL columns read, in [`CelRow`] order (after `seq`). The table has more
+/// (`cid_name`, `cid_ani`, `cid_dnid`, `context`, `peer`, ...): the fold does not use them.
+const COLUMNS: [&str; 10] = [
+    "eventtype",
+    "eventtime",
+    "cid_num",
+    "exten",
+    "channame",
+    "appname",
+    "appdata",
+    "uniqueid",
+    "linkedid",
+    "extra",
+];
+
+/// The events the fold reads; the others (`APP_END`, `BRIDGE_ENTER`, `BRIDGE_EXIT`,
+/// `STREAM_*`, ...) are left in the database.
+pub const FOLDED_EVENTS: [&str; 8] = [
+    "CHAN_START",
+    "CHAN_END",
+    "ANSWER",
+    "HANGUP",
+    "APP_START",
+    "LINKEDID_END",
+    "BLINDTRANSFER",
+    "ATTENDEDTRANSFER",
 ];
 
 /// How `eventtime` is stored, which decides how it is read and compared.
@@ -113,7 +115,7 @@ impl std::fmt::Debug for CelStore {
     }
 }
 
-/// Rows per `IN (...)` query of [`CelStore::rows_of`] callers should not exceed.
+/// Most linkedids callers pass to one [`CelStore::rows_of`] query.
 pub const MAX_LINKEDIDS_PER_QUERY: usize = 1000;
 
 impl CelStore {
@@ -226,11 +228,7 @@ impl CelStore {
                 }
             }
         };
-        let missing: Vec<&str> = COLUMNS
-            .iter()
-            .filter(|(c, required)| *required && !has(c))
-            .map(|(c, _)| *c)
-            .collect();
+        let missing: Vec<&str> = COLUMNS.iter().filter(|c| !has(c)).copied().collect();
         if !missing.is_empty() {
             return Err(schema(format!(
                 "table cel lacks column(s) {}",
@@ -244,7 +242,7 @@ impl CelStore {
         } else {
             "CAST(0 AS BIGINT) AS seq".to_string()
         }];
-        for (c, _) in COLUMNS {
+        for c in COLUMNS {
             select.push(match (c, time) {
                 ("eventtime", TimeColumn::PgNaive) => {
                     "to_char(eventtime, 'YYYY-MM-DD HH24:MI:SS.US') AS eventtime".to_string()
@@ -253,8 +251,7 @@ impl CelStore {
                     "to_char(eventtime AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS eventtime"
                         .to_string()
                 }
-                _ if has(c) => format!("COALESCE(CAST({c} AS TEXT), '') AS {c}"),
-                _ => format!("'' AS {c}"),
+                _ => format!("COALESCE(CAST({c} AS TEXT), '') AS {c}"),
             });
         }
         Ok(CelStore {
@@ -303,8 +300,9 @@ impl CelStore {
             .map_err(read_err)
     }
 
-    /// Every row whose linkedid is one of `linkedids`, in insertion order. Callers pass at
-    /// most [`MAX_LINKEDIDS_PER_QUERY`] at a time.
+    /// The rows of the [`FOLDED_EVENTS`] whose linkedid is one of `linkedids` (any order;
+    /// `seq` tells the insertion order). Callers pass at most [`MAX_LINKEDIDS_PER_QUERY`]
+    /// at a time.
     ///
     /// Errors: [`CelError::Read`] when the query fails or a row cannot be decoded.
     pub async fn rows_of(&self, linkedids: &[String]) -> Result<Vec<CelRow>, CelError> {
@@ -312,39 +310,38 @@ impl CelStore {
             return Ok(Vec::new());
         }
         let placeholders: Vec<String> = (1..=linkedids.len()).map(|i| format!("${i}")).collect();
+        let events: Vec<String> = FOLDED_EVENTS.iter().map(|e| format!("'{e}'")).collect();
         let sql = format!(
-            "SELECT {} FROM cel WHERE linkedid IN ({}) ORDER BY seq",
+            "SELECT {} FROM cel WHERE linkedid IN ({}) AND eventtype IN ({})",
             self.select,
-            placeholders.join(", ")
+            placeholders.join(", "),
+            events.join(", ")
         );
-        let mut q = sqlx::query(&sql);
+        // Not a prepared statement: planned with the values (see `calls::store::fill_gaps`).
+        let mut q = sqlx::query(&sql).persistent(false);
         for l in linkedids {
             q = q.bind(l.as_str());
         }
         let rows = q.fetch_all(&self.pool).await.map_err(read_err)?;
+        // By position: the columns of `select`, `seq` first, then COLUMNS in order.
         rows.iter()
             .map(|r| {
-                let t = |c: &str| {
-                    r.try_get::<Option<String>, _>(c)
+                let t = |i: usize| {
+                    r.try_get::<Option<String>, _>(i)
                         .map(Option::unwrap_or_default)
                 };
                 Ok(CelRow {
-                    seq: r.try_get::<i64, _>("seq")?,
-                    eventtype: t("eventtype")?,
-                    eventtime: t("eventtime")?,
-                    cid_name: t("cid_name")?,
-                    cid_num: t("cid_num")?,
-                    cid_ani: t("cid_ani")?,
-                    cid_dnid: t("cid_dnid")?,
-                    exten: t("exten")?,
-                    context: t("context")?,
-                    channame: t("channame")?,
-                    appname: t("appname")?,
-                    appdata: t("appdata")?,
-                    uniqueid: t("uniqueid")?,
-                    linkedid: t("linkedid")?,
-                    peer: t("peer")?,
-                    extra: t("extra")?,
+                    seq: r.try_get::<i64, _>(0)?,
+                    eventtype: t(1)?,
+                    eventtime: t(2)?,
+                    cid_num: t(3)?,
+                    exten: t(4)?,
+                    channame: t(5)?,
+                    appname: t(6)?,
+                    appdata: t(7)?,
+                    uniqueid: t(8)?,
+                    linkedid: t(9)?,
+                    extra: t(10)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
