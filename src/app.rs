@@ -8,6 +8,7 @@
 //! | `pipeline`: parser, tracker, outputs | yes | after `ari`, once the queued frames are processed |
 //! | `writer`: call records into the database | yes | after `pipeline`, once its queue is written |
 //! | `stasis`: Stasis hand-back | no | after `pipeline` |
+//! | `cel` (when ASTERISK_CEL_URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
 //! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
 //! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
 //!
@@ -171,6 +172,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 .stop_after(&pipeline),
             move |a: Attempt| writer::run(db.clone(), writer_inbox.clone(), a.cancel),
         );
+    }
+
+    // CEL backfill (when ASTERISK_CEL_URL is set): at start, after every ARI (re)connect and
+    // every CEL_SWEEP_INTERVAL.
+    if let Some(url) = settings.cel.asterisk_cel_url.clone() {
+        let (db, agents, link) = (db.clone(), agents.clone(), state_rx.clone());
+        let every = Duration::from_secs(settings.cel.cel_sweep_interval);
+        supervisor.register(TaskSpec::new("cel").records_calls(), move |a: Attempt| {
+            let backfill =
+                crate::cel::backfill::Backfill::new(&url, Some(db.clone()), agents.clone());
+            crate::cel::backfill::run(
+                backfill,
+                link.clone(),
+                |s: &AriState| match s {
+                    AriState::Connected { since, .. } => Some(*since),
+                    _ => None,
+                },
+                every,
+                a.cancel,
+            )
+        });
     }
 
     // Hosted PBXs.
@@ -346,16 +368,5 @@ async fn shutdown_signal() {
     }
 }
 
-/// A database URL with any password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// Kept here for callers that used it from `app`; it lives in [`crate::config`].
+pub use crate::config::redact_url;

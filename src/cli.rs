@@ -54,6 +54,20 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Backfill calls from Asterisk's CEL (ASTERISK_CEL_URL) for a date range, with a progress
+    /// bar: the calls whose last channel ended in [--from, --to], written unless ARI already
+    /// recorded them whole. --dry-run prints the records as JSON lines and stores nothing.
+    Backfill {
+        /// Start of the range (YYYY-MM-DD = midnight UTC, or RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// End of the range (YYYY-MM-DD = midnight UTC, or RFC 3339; default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the records only; do not touch pbxbridge's database.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the PJSIP include file rendered from the database to stdout (touches nothing:
     /// no migration, no write, no reload).
     Render,
@@ -154,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             replay(&settings, &path, dry_run).await?;
             Ok(0)
         }
+        Command::Backfill { from, to, dry_run } => backfill(&settings, &from, to, dry_run).await,
         Command::User { action } => user(&settings, action).await,
         Command::Render => {
             let db = Db::connect(&settings.core.database_url)
@@ -274,6 +289,128 @@ async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> a
         writeln!(stdout, "{}", stored.to_json(settings.core.ui_locale, now))?;
     }
     Ok(())
+}
+
+/// `pbxbridge backfill`: exit 0 done, 1 when the CEL or pbxbridge database failed, 2 for
+/// a missing ASTERISK_CEL_URL or a bad range.
+async fn backfill(
+    settings: &Settings,
+    from: &str,
+    to: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    use crate::cel::backfill::{Backfill, Window};
+    let Some(url) = &settings.cel.asterisk_cel_url else {
+        eprintln!(
+            "error: CEL backfill is off: set ASTERISK_CEL_URL \
+             (postgres://USER@HOST/DB or sqlite:///var/log/asterisk/master.db)"
+        );
+        return Ok(2);
+    };
+    let time = |name: &str, v: &str| {
+        crate::http::calls::parse_time_param(name, v).map_err(|e| e.to_string())
+    };
+    let window = match (
+        time("--from", from),
+        to.as_deref().map(|t| time("--to", t)).transpose(),
+    ) {
+        (Ok(from), Ok(to)) => Window {
+            from,
+            to: to.unwrap_or_else(chrono::Utc::now),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    if window.from > window.to {
+        eprintln!("error: --to must not be before --from");
+        return Ok(2);
+    }
+    let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
+    let db = if dry_run {
+        None
+    } else {
+        let db = Db::connect_and_migrate(&settings.core.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "database {}",
+                    crate::config::redact_url(&settings.core.database_url)
+                )
+            })?;
+        agents.set_known(
+            crate::extensions::store::all(&db)
+                .await?
+                .into_iter()
+                .map(|e| e.extension),
+        );
+        Some(db)
+    };
+    let mut b = Backfill::new(url, db, agents);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} calls  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let locale = settings.core.ui_locale;
+    let now = chrono::Utc::now();
+    let pb = bar.clone();
+    let mut print_err: Option<std::io::Error> = None;
+    let result = b
+        .run_window(window, dry_run, &mut |p, records| {
+            pb.set_length(p.calls_total);
+            pb.set_position(p.calls_done);
+            pb.set_message(format!(
+                "{} folded, {} new, {} updated, {} skipped",
+                p.report.calls_folded, p.report.inserted, p.report.updated, p.report.skipped
+            ));
+            if dry_run && print_err.is_none() {
+                pb.suspend(|| {
+                    let mut out = std::io::stdout().lock();
+                    for r in records {
+                        if let Err(e) = writeln!(out, "{}", r.to_json(locale, now)) {
+                            print_err = Some(e);
+                            break;
+                        }
+                    }
+                });
+            }
+        })
+        .await;
+    bar.finish_and_clear();
+    if let Some(e) = print_err {
+        return Err(e.into());
+    }
+    match result {
+        Ok(r) => {
+            let line = format!(
+                "CEL backfill {window} from {}: {} rows read, {} calls folded, {} new, {} updated, \
+                 {} skipped, {} bad rows in {} ms",
+                b.redacted_url(),
+                r.read_rows,
+                r.calls_folded,
+                r.inserted,
+                r.updated,
+                r.skipped,
+                r.bad_rows,
+                r.ms
+            );
+            if dry_run {
+                eprintln!("{line} (dry run: nothing stored)");
+            } else {
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: CEL backfill failed: {e}");
+            Ok(1)
+        }
+    }
 }
 
 fn read_password() -> anyhow::Result<String> {

@@ -3,14 +3,15 @@
 //! syncs hosted PBXs (Kerio Operator, Kavkom) into the same calls table.
 //!
 //! Layout: `ari` (REST client, events WebSocket, typed events), `calls` (tracker, writer,
-//! store), `live` (event hub), `http` (API), `db` (pool and migrations), `config`
-//! (settings), `supervisor` (restarts of the long-running tasks), `app` (wiring of `serve`),
-//! `cli` (subcommands).
+//! store), `cel` (backfill from Asterisk's Channel Event Log), `live` (event hub), `http`
+//! (API), `db` (pool and migrations), `config` (settings), `supervisor` (restarts of the
+//! long-running tasks), `app` (wiring of `serve`), `cli` (subcommands).
 
 pub mod ami;
 pub mod app;
 pub mod ari;
 pub mod calls;
+pub mod cel;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -1,5 +1,9 @@
-//! SQL for call records: idempotent upsert on (`source`, `external_id`), lookups and the
-//! filtered, paged listing behind `GET /calls`. One SQL text per query for both backends.
+//! SQL for call records: idempotent upsert on (`source`, `external_id`), the gap-filling
+//! write of records rebuilt after the fact (CEL backfill: never over a call ARI saw whole),
+//! lookups and the filtered, paged listing behind `GET /calls`. One SQL text per query for
+//! both backends.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -87,6 +91,123 @@ pub async fn upsert_one(db: &Db, record: &CallRecord) -> Result<bool, DbError> {
         .await?;
     tx.commit().await?;
     Ok(!existed)
+}
+
+/// What [`fill_gaps`] did with the records it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GapFill {
+    /// Records written where no row existed.
+    pub inserted: u64,
+    /// Rows replaced because they were unfinished (`end_time` NULL) or `reconstructed`.
+    pub updated: u64,
+    /// Records left out because the stored row was seen whole (finished, not reconstructed).
+    pub skipped: u64,
+}
+
+/// Columns set from the new record when [`fill_gaps`] replaces a row (all but `id` and
+/// `created_at`; `recording_path` and `raw` are kept when the new record has none), as in
+/// the live upsert.
+const FILL_SET: &str = "direction = excluded.direction, from_number = excluded.from_number, \
+    to_number = excluded.to_number, extension = excluded.extension, start_time = excluded.start_time, \
+    answer_time = excluded.answer_time, end_time = excluded.end_time, duration = excluded.duration, \
+    billsec = excluded.billsec, state = excluded.state, status = excluded.status, \
+    hangup_cause = excluded.hangup_cause, hangup_cause_text = excluded.hangup_cause_text, \
+    dial_status = excluded.dial_status, \
+    recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
+    voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
+    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at, \
+    origin = excluded.origin, transferred_to = excluded.transferred_to";
+
+/// Records per statement in [`fill_gaps`] (25 parameters each: 12,500 per statement, under
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+const FILL_BATCH: usize = 500;
+
+/// Writes records rebuilt after the fact (the CEL backfill) without ever overwriting a call
+/// that ARI saw whole. A record is written when no row has its (`source`, `call_id`), or
+/// when the stored row is unfinished (`end_time` NULL) or `reconstructed`; otherwise it is
+/// skipped. The rule is in the SQL (`ON CONFLICT ... DO UPDATE ... WHERE`), so a row the
+/// live writer finishes meanwhile is not overwritten either. One transaction per 500
+/// records; records must have distinct (`source`, `call_id`).
+///
+/// Returns how many were inserted, updated and skipped (inserted and updated are told
+/// apart by a look-up in the same transaction just before the write).
+///
+/// Errors: [`DbError`] when a statement fails; the batches committed before stay written.
+pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbError> {
+    let mut out = GapFill::default();
+    for batch in records.chunks(FILL_BATCH) {
+        let mut tx = db.pool().begin().await?;
+        // Rows that exist already, per source (one source per batch in practice).
+        let mut existing: HashSet<(String, String)> = HashSet::new();
+        let mut sources: Vec<Source> = Vec::new();
+        for r in batch {
+            if !sources.contains(&r.source) {
+                sources.push(r.source);
+            }
+        }
+        for source in sources {
+            let ids: Vec<&str> = batch
+                .iter()
+                .filter(|r| r.source == source)
+                .map(|r| r.call_id.as_str())
+                .collect();
+            let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT external_id FROM calls WHERE source = $1 AND external_id IN ({})",
+                placeholders.join(", ")
+            );
+            // Not a prepared statement: PostgreSQL then plans with the values and uses the
+            // (source, external_id) index; a generic plan scanned the table (500x slower).
+            let mut q = sqlx::query(&sql).persistent(false).bind(source.as_str());
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                existing.insert((source.as_str().to_string(), row.try_get("external_id")?));
+            }
+        }
+        let mut values = Vec::with_capacity(batch.len());
+        for i in 0..batch.len() {
+            let base = i * 25;
+            let ph: Vec<String> = (1..=25).map(|k| format!("${}", base + k)).collect();
+            values.push(format!("({})", ph.join(", ")));
+        }
+        let sql = format!(
+            "INSERT INTO calls ({COLUMNS}) VALUES {} ON CONFLICT (source, external_id) DO UPDATE SET {FILL_SET} \
+             WHERE calls.end_time IS NULL OR calls.reconstructed RETURNING source, external_id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for r in batch {
+            q = bind_record(q, r);
+        }
+        let mut written: HashSet<(String, String)> = HashSet::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            written.insert((row.try_get("source")?, row.try_get("external_id")?));
+        }
+        tx.commit().await?;
+        for r in batch {
+            let key = (r.source.as_str().to_string(), r.call_id.clone());
+            match (written.contains(&key), existing.contains(&key)) {
+                (true, false) => out.inserted += 1,
+                (true, true) => out.updated += 1,
+                (false, _) => out.skipped += 1,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The start time of the newest call of `source` (UTC), if any: where a backfill with no
+/// watermark yet starts reading.
+pub async fn newest_start(db: &Db, source: Source) -> Result<Option<DateTime<Utc>>, DbError> {
+    let row = sqlx::query("SELECT MAX(start_time) AS t FROM calls WHERE source = $1")
+        .bind(source.as_str())
+        .fetch_one(db.pool())
+        .await?;
+    row.try_get::<Option<String>, _>("t")?
+        .map(|s| parse_time("start_time", &s))
+        .transpose()
 }
 
 fn bind_record<'q>(

@@ -48,7 +48,8 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use regex::Regex;
 
-use super::model::{CallRecord, CallState, CallStatus, Direction, Source};
+use super::model::{CallRecord, CallStatus, Direction, Source};
+use super::rules::{self, Ending, Facts, Finals};
 use crate::ari::events::Event;
 use crate::ari::models::{Bridge, Channel};
 
@@ -132,14 +133,6 @@ const GONE_MEMORY: usize = 4096;
 
 /// The name under which `ChannelVarset` would report a linkedid change.
 const LINKEDID_VAR: &str = "CHANNEL(linkedid)";
-
-#[derive(Debug, Default)]
-struct Finals {
-    missed: bool,
-    busy: bool,
-    failed: bool,
-    last: Option<String>,
-}
 
 #[derive(Debug)]
 struct LiveCall {
@@ -304,14 +297,7 @@ impl Tracker {
                 if let Some(call) = self.calls.get_mut(&lid)
                     && call.stasis_direction.is_none()
                 {
-                    call.stasis_direction =
-                        args.first()
-                            .and_then(|a| match a.to_ascii_lowercase().as_str() {
-                                "inbound" => Some(Direction::Inbound),
-                                "outbound" => Some(Direction::Outbound),
-                                "internal" => Some(Direction::Internal),
-                                _ => None,
-                            });
+                    call.stasis_direction = args.first().and_then(|a| rules::direction_arg(a));
                     if call.stasis_direction.is_some() {
                         call.stasis_to = args.get(1).filter(|a| !a.is_empty()).cloned();
                     }
@@ -776,116 +762,44 @@ fn apply_dial(call: &mut LiveCall, agent: Option<String>, dialstatus: &str, ts: 
             }
             call.finals.last = Some("ANSWER".into());
         }
-        other => {
-            match other {
-                "NOANSWER" | "CANCEL" => call.finals.missed = true,
-                "BUSY" => call.finals.busy = true,
-                _ => call.finals.failed = true,
-            }
-            call.finals.last = Some(other.to_string());
-        }
+        other => call.finals.record(other),
     }
 }
 
-/// Recomputes direction, numbers, extension and state from what the call knows. Fields with
-/// no basis keep their value (a call restored from the database keeps what was stored).
+/// Recomputes direction, numbers, extension and state from what the call knows (the rules
+/// are in [`rules::derive`], shared with the CEL fold).
 fn derive(call: &mut LiveCall, agents: &AgentMatcher) {
-    let origin_known = call.origin.is_some();
-    let direction = call.stasis_direction.or_else(|| {
-        origin_known.then(|| match &call.origin_agent {
-            Some(_) => {
-                let to_agent = call
-                    .origin_exten
-                    .as_deref()
-                    .is_some_and(|e| agents.is_agent(e));
-                if to_agent || call.peer_is_agent {
-                    Direction::Internal
-                } else {
-                    Direction::Outbound
-                }
-            }
-            None => Direction::Inbound,
-        })
-    });
-    let rec = &mut call.rec;
-    if let Some(d) = direction {
-        rec.direction = d;
-    }
-    let from = match rec.direction {
-        Direction::Inbound => call.origin_caller.clone(),
-        _ => call
-            .origin_agent
-            .clone()
-            .or_else(|| call.origin_caller.clone()),
+    let facts = Facts {
+        origin_known: call.origin.is_some(),
+        origin_agent: call.origin_agent.as_deref(),
+        origin_caller: call.origin_caller.as_deref(),
+        origin_exten: call.origin_exten.as_deref(),
+        stasis_direction: call.stasis_direction,
+        stasis_to: call.stasis_to.as_deref(),
+        rung: call.rung.as_deref(),
+        answered_by: call.answered_by.as_deref(),
+        peer_is_agent: call.peer_is_agent,
     };
-    if from.is_some() {
-        rec.from_number = from;
-    }
-    let to = call.stasis_to.clone().or_else(|| call.origin_exten.clone());
-    if to.is_some() {
-        rec.to_number = to;
-    }
-    let ext = match rec.direction {
-        Direction::Outbound => call.origin_agent.clone(),
-        _ => call.answered_by.clone().or_else(|| call.rung.clone()),
-    };
-    if ext.is_some() {
-        rec.extension = ext;
-    }
-    if rec.end_time.is_none() {
-        rec.state = if rec.answer_time.is_some() {
-            CallState::Connected
-        } else {
-            CallState::Ringing
-        };
-    }
+    rules::derive(&facts, &mut call.rec, agents);
 }
 
-/// Ends the call: end time, duration, billsec, status, hangup cause.
+/// Ends the call: end time, duration, billsec, status, hangup cause ([`rules::finish`]).
 fn finish(call: &mut LiveCall) {
-    let end = call
-        .last_destroyed
-        .or(call.last_left)
-        .unwrap_or(call.rec.start_time);
-    let rec = &mut call.rec;
-    rec.end_time = Some(end);
-    rec.duration = CallRecord::whole_seconds(rec.start_time, end);
-    rec.billsec = rec
-        .answer_time
-        .map_or(0, |a| CallRecord::whole_seconds(a, end));
     let cause = call
         .origin_cause
-        .clone()
-        .or_else(|| call.last_cause.clone());
-    if let Some((c, txt)) = &cause {
-        rec.hangup_cause = Some(*c);
-        rec.hangup_cause_text = Some(txt.clone());
-    }
-    rec.dial_status = rec
-        .answer_time
-        .map(|_| "ANSWER".to_string())
-        .or_else(|| call.finals.last.clone())
-        .or_else(|| call.dialstatus_var.clone())
-        .or(rec.dial_status.take());
-    let status = if rec.answer_time.is_some() {
-        CallStatus::Answered
-    } else if call.finals.missed {
-        CallStatus::Missed
-    } else if call.finals.busy {
-        CallStatus::Busy
-    } else if call.finals.failed {
-        CallStatus::Failed
-    } else if let Some(ds) = &call.dialstatus_var {
-        status_of_dialstatus(ds)
-    } else {
-        cause.map_or(CallStatus::Missed, |(c, _)| status_of_cause(c))
+        .as_ref()
+        .or(call.last_cause.as_ref())
+        .map(|(c, txt)| (*c, Some(txt.as_str())));
+    let ending = Ending {
+        end: call
+            .last_destroyed
+            .or(call.last_left)
+            .unwrap_or(call.rec.start_time),
+        finals: &call.finals,
+        dialstatus_var: call.dialstatus_var.as_deref(),
+        cause,
     };
-    rec.status = Some(status);
-    rec.state = if status == CallStatus::Missed {
-        CallState::Missed
-    } else {
-        CallState::Ended
-    };
+    rules::finish(&mut call.rec, &ending);
 }
 
 /// Outcome of a `DIALSTATUS` value.

@@ -3,6 +3,7 @@
 mod ami;
 mod calls_api;
 mod calls_e2e;
+mod cel;
 mod cli;
 mod extensions;
 mod fake_asterisk;

@@ -324,7 +324,7 @@ pub async fn cli_sync(
         .with_context(|| {
             format!(
                 "database {}",
-                crate::app::redact_url(&settings.core.database_url)
+                crate::config::redact_url(&settings.core.database_url)
             )
         })?;
     let k = Kavkom::with_options(

@@ -26,8 +26,8 @@ use super::client::KavkomError;
 use super::{Kavkom, store};
 use crate::calls::CallRecord;
 use crate::calls::store as calls_store;
+use crate::db::watermark as state;
 use crate::sync::SyncReport;
-use crate::sync::state;
 
 /// Rows asked per page (the API's maximum is unknown; fewer rows are coped with).
 pub const PAGE_SIZE: u32 = 100;

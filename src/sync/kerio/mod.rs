@@ -217,7 +217,7 @@ pub async fn cli_sync(
         .with_context(|| {
             format!(
                 "database {}",
-                crate::app::redact_url(&settings.core.database_url)
+                crate::config::redact_url(&settings.core.database_url)
             )
         })?;
     let kerio = Kerio::new(settings, db, Options::from_settings(settings))?;

@@ -21,8 +21,8 @@ use super::client::KerioError;
 use super::map;
 use super::store::clear_state;
 use crate::calls::store::upsert_one;
+use crate::db::watermark::{get_watermark, set_watermark};
 use crate::sync::SyncReport;
-use crate::sync::state::{get_watermark, set_watermark};
 
 /// `sync_state` name of the history watermark.
 pub const WATERMARK: &str = "kerio:history";
