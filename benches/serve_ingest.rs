@@ -52,8 +52,9 @@ fn template() -> (Vec<String>, Vec<f64>) {
     let mut last = 0.0f64;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).unwrap();
-        let ts = DateTime::parse_from_str(v["timestamp"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.3f%z")
-            .unwrap();
+        let ts =
+            DateTime::parse_from_str(v["timestamp"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.3f%z")
+                .unwrap();
         let t0 = *first.get_or_insert(ts);
         let off = ((ts - t0).num_milliseconds() as f64 / 1000.0).max(last);
         last = off;
@@ -85,17 +86,25 @@ async fn fake_ari() -> (oneshot::Receiver<WebSocket>, String) {
     let app = axum::Router::new()
         .route(
             "/ari/events",
-            get(|State(slot): State<Socket>, ws: WebSocketUpgrade| async move {
-                let tx = slot.lock().unwrap().take();
-                ws.on_upgrade(move |socket| async move {
-                    if let Some(tx) = tx {
-                        let _ = tx.send(socket);
-                    }
-                })
-            }),
+            get(
+                |State(slot): State<Socket>, ws: WebSocketUpgrade| async move {
+                    let tx = slot.lock().unwrap().take();
+                    ws.on_upgrade(move |socket| async move {
+                        if let Some(tx) = tx {
+                            let _ = tx.send(socket);
+                        }
+                    })
+                },
+            ),
         )
-        .route("/ari/channels", get(|| async { axum::Json(serde_json::json!([])) }))
-        .route("/ari/bridges", get(|| async { axum::Json(serde_json::json!([])) }))
+        .route(
+            "/ari/channels",
+            get(|| async { axum::Json(serde_json::json!([])) }),
+        )
+        .route(
+            "/ari/bridges",
+            get(|| async { axum::Json(serde_json::json!([])) }),
+        )
         .route(
             "/ari/channels/{id}/continue",
             post(|| async { axum::http::StatusCode::NO_CONTENT }),
@@ -348,7 +357,10 @@ async fn run(label: &str, database_url: &str, load: &Load, gen_rt: &tokio::runti
         if steady >= 20_000.0 { "met" } else { "NOT met" },
         if p99 <= 250.0 { "met" } else { "NOT met" }
     );
-    assert_eq!(stored as usize, load.calls, "{label}: every call stored once");
+    assert_eq!(
+        stored as usize, load.calls,
+        "{label}: every call stored once"
+    );
 }
 
 fn pgbench(db_url: &str) -> Option<f64> {
