@@ -186,7 +186,6 @@ impl Inbox {
 }
 
 /// What the handles and the writer share.
-#[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the writer when the queue goes from empty to not, or closes.
@@ -194,6 +193,19 @@ struct Shared {
     stats: Arc<WriterStats>,
     /// A writer is running on this queue (one at a time).
     running: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    /// The counts only: a queue may hold thousands of records.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.lock();
+        f.debug_struct("WriterQueue")
+            .field("pending", &q.pending.len())
+            .field("inflight", &q.inflight_ids.len())
+            .field("senders", &q.senders)
+            .field("closed", &q.closed)
+            .finish()
+    }
 }
 
 impl Shared {
@@ -204,7 +216,7 @@ impl Shared {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Queue {
     /// Latest snapshot of each call waiting for a batch, in order of first arrival.
     pending: IndexMap<Uuid, Pending>,
@@ -220,7 +232,6 @@ struct Queue {
     closed: bool,
 }
 
-#[derive(Debug)]
 struct Pending {
     record: CallRecord,
     /// When the oldest frame folded into this snapshot arrived.
@@ -228,7 +239,7 @@ struct Pending {
 }
 
 /// Calls written together: records and, at the same index, their oldest frame's arrival.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Batch {
     records: Vec<CallRecord>,
     since: Vec<Instant>,
