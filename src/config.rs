@@ -411,9 +411,10 @@ fn parse_regex(s: &str) -> Result<regex::Regex, String> {
 }
 
 /// A database URL (`DATABASE_URL`, `ASTERISK_CEL_URL`) with any password replaced by `***`,
-/// for logs and errors: `postgres://u:pw@h/db` → `postgres://u:***@h/db`.
+/// for logs and errors: `postgres://u:pw@h/db` → `postgres://u:***@h/db`, and the value of a
+/// `password=` query parameter (`postgres://u@h/db?password=pw` → `...?password=***`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -422,12 +423,48 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    let after_scheme = out.find("://").map_or(0, |s| s + 3);
+    if let Some(q) = out[after_scheme..].find('?').map(|q| after_scheme + q) {
+        let params: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://ast:pw@h:5432/db"),
+            "postgres://ast:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://ast@h/db?sslmode=require&password=pw"),
+            "postgres://ast@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://ast:p?w@h/db"),
+            "postgres://ast:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://ast@h/db?password=p@w"),
+            "postgres://ast@h/db?password=***"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/log/asterisk/master.db?mode=ro"),
+            "sqlite:///var/log/asterisk/master.db?mode=ro"
+        );
+    }
 
     #[test]
     fn secrets_never_print() {

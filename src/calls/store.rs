@@ -3,7 +3,7 @@
 //! lookups and the filtered, paged listing behind `GET /calls`. One SQL text per query for
 //! both backends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -137,8 +137,9 @@ pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbErr
     let mut out = GapFill::default();
     for batch in records.chunks(FILL_BATCH) {
         let mut tx = db.pool().begin().await?;
-        // Rows that exist already, per source (one source per batch in practice).
-        let mut existing: HashSet<(String, String)> = HashSet::new();
+        // Rows that exist already, per source (one source per batch in practice), and
+        // whether each may still be replaced (unfinished or reconstructed).
+        let mut existing: HashMap<(String, String), bool> = HashMap::new();
         let mut sources: Vec<Source> = Vec::new();
         for r in batch {
             if !sources.contains(&r.source) {
@@ -153,7 +154,8 @@ pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbErr
                 .collect();
             let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
-                "SELECT external_id FROM calls WHERE source = $1 AND external_id IN ({})",
+                "SELECT external_id, CASE WHEN end_time IS NULL OR reconstructed THEN 1 ELSE 0 END AS open \
+                 FROM calls WHERE source = $1 AND external_id IN ({})",
                 placeholders.join(", ")
             );
             // Not a prepared statement: PostgreSQL then plans with the values and uses the
@@ -163,32 +165,45 @@ pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbErr
                 q = q.bind(*id);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                existing.insert((source.as_str().to_string(), row.try_get("external_id")?));
+                let open = row.try_get::<i64, _>("open")? != 0;
+                existing.insert(
+                    (source.as_str().to_string(), row.try_get("external_id")?),
+                    open,
+                );
             }
         }
-        let mut values = Vec::with_capacity(batch.len());
-        for i in 0..batch.len() {
-            let base = i * 25;
-            let ph: Vec<String> = (1..=25).map(|k| format!("${}", base + k)).collect();
-            values.push(format!("({})", ph.join(", ")));
-        }
-        let sql = format!(
-            "INSERT INTO calls ({COLUMNS}) VALUES {} ON CONFLICT (source, external_id) DO UPDATE SET {FILL_SET} \
-             WHERE calls.end_time IS NULL OR calls.reconstructed RETURNING source, external_id",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for r in batch {
-            q = bind_record(q, r);
-        }
+        // Rows seen whole are skipped without a write; the others go through the guarded
+        // upsert (which still refuses a row the live writer finished in the meantime).
+        let key = |r: &CallRecord| (r.source.as_str().to_string(), r.call_id.clone());
+        let todo: Vec<&CallRecord> = batch
+            .iter()
+            .filter(|r| existing.get(&key(r)).copied().unwrap_or(true))
+            .collect();
         let mut written: HashSet<(String, String)> = HashSet::new();
-        for row in q.fetch_all(&mut *tx).await? {
-            written.insert((row.try_get("source")?, row.try_get("external_id")?));
+        if !todo.is_empty() {
+            let mut values = Vec::with_capacity(todo.len());
+            for i in 0..todo.len() {
+                let base = i * 25;
+                let ph: Vec<String> = (1..=25).map(|k| format!("${}", base + k)).collect();
+                values.push(format!("({})", ph.join(", ")));
+            }
+            let sql = format!(
+                "INSERT INTO calls ({COLUMNS}) VALUES {} ON CONFLICT (source, external_id) DO UPDATE SET {FILL_SET} \
+                 WHERE calls.end_time IS NULL OR calls.reconstructed RETURNING source, external_id",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for r in &todo {
+                q = bind_record(q, r);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                written.insert((row.try_get("source")?, row.try_get("external_id")?));
+            }
         }
         tx.commit().await?;
         for r in batch {
-            let key = (r.source.as_str().to_string(), r.call_id.clone());
-            match (written.contains(&key), existing.contains(&key)) {
+            let k = key(r);
+            match (written.contains(&k), existing.contains_key(&k)) {
                 (true, false) => out.inserted += 1,
                 (true, true) => out.updated += 1,
                 (false, _) => out.skipped += 1,

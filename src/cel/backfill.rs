@@ -169,14 +169,29 @@ impl Backfill {
         let store = !dry_run && self.db.is_some();
         let db = self.db.clone();
         let agents = self.agents.clone();
-        let cel = self.cel().await?;
+        let cel = self.cel().await?.clone();
         let linkedids = cel.linkedids_ending(window.from, window.to).await?;
         let mut progress = Progress {
             calls_total: linkedids.len() as u64,
             ..Progress::default()
         };
-        for chunk in linkedids.chunks(CHUNK.min(MAX_LINKEDIDS_PER_QUERY)) {
-            let rows = cel.rows_of(chunk).await?;
+        // The next chunk's rows are read (on another task) while this one is folded and
+        // written.
+        let mut chunks = linkedids.chunks(CHUNK.min(MAX_LINKEDIDS_PER_QUERY));
+        let read = |ids: &[String]| {
+            let (cel, ids) = (cel.clone(), ids.to_vec());
+            tokio::spawn(async move {
+                let rows = cel.rows_of(&ids).await;
+                (ids.len(), rows)
+            })
+        };
+        let mut next = chunks.next().map(read);
+        while let Some(pending) = next.take() {
+            let (n, rows) = pending
+                .await
+                .map_err(|e| CelError::Read(format!("reading task failed: {e}")))?;
+            let rows = rows?;
+            next = chunks.next().map(read);
             let folded = fold_rows(&rows, &agents);
             let r = &mut progress.report;
             r.read_rows += rows.len() as u64;
@@ -191,7 +206,7 @@ impl Backfill {
                 }
                 _ => r.skipped += folded.records.len() as u64,
             }
-            progress.calls_done += chunk.len() as u64;
+            progress.calls_done += n as u64;
             progress.report.ms = elapsed_ms(started);
             on_chunk(&progress, &folded.records);
         }

@@ -98,7 +98,9 @@ enum TimeColumn {
     SqliteText,
 }
 
-/// A connection to the CEL database and what it learnt of the `cel` table.
+/// A connection to the CEL database and what it learnt of the `cel` table. Cloning shares
+/// the pool.
+#[derive(Clone)]
 pub struct CelStore {
     pool: AnyPool,
     time: TimeColumn,

@@ -340,6 +340,8 @@ async fn cel_capture(db: &TestDb, scenario: &str) {
         assert_eq!(r.origin.as_deref(), Some("cel"), "{label}");
         assert!(!r.reconstructed, "{label}");
         assert!(r.hangup_cause.is_some(), "{label}: {r:?}");
+        // CEL has the cause number only; its text is Asterisk's for the usual causes.
+        assert!(r.hangup_cause_text.is_some(), "{label}: {r:?}");
         let transfer = match (scenario, r.call_id.as_str()) {
             ("blind-transfer", _) | ("attended-transfer", "1796180534.51") => Some("1002"),
             _ => None,
