@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
@@ -55,12 +55,7 @@ impl Default for Backoff {
 
 impl Backoff {
     fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.first)
-            .with_max_delay(self.max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::retry::exponential(self.first, self.max).build()
     }
 }
 
