@@ -707,6 +707,12 @@ mod tests {
             f.state.lock().unwrap().closed = true;
             f
         }
+        /// Open, but the first `n` upserts fail with a transient error.
+        fn failing_first(n: u32) -> Arc<Fake> {
+            let f = Arc::new(Fake::default());
+            f.state.lock().unwrap().transient = n;
+            f
+        }
         fn open(&self) {
             self.state.lock().unwrap().closed = false;
             self.gate.notify_waiters();
@@ -778,8 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_bisect_keeps_refused_rows_and_writes_the_rest() {
-        let fake = Arc::new(Fake::default());
-        fake.state.lock().unwrap().transient = 2;
+        let fake = Fake::failing_first(2);
         let (handle, inbox) = channel();
         let cancel = CancellationToken::new();
         for i in 0..300 {
@@ -892,8 +897,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_cancelled_returns_only_when_the_queue_is_closed_and_drained() {
-        let fake = Arc::new(Fake::default());
-        fake.state.lock().unwrap().transient = 3;
+        let fake = Fake::failing_first(3);
         let (handle, inbox) = channel();
         let cancel = CancellationToken::new();
         cancel.cancel();
