@@ -110,13 +110,7 @@ async fn end_to_end(url: &str, label: &str, calls: usize) -> f64 {
 }
 
 fn main() {
-    println!(
-        "machine: {} cores; {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d")
-    );
+    println!("{}", common::machine());
     let events = parse_apply();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

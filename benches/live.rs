@@ -210,11 +210,8 @@ async fn run(idle: bool, client_rts: Vec<tokio::runtime::Handle>) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!(
-        "machine: {} cores; {}; {rounds} calls per size; clients SCHED_IDLE: {idle}; clients frozen during each burst: {frozen_bursts}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d")
+        "{}; {rounds} calls per size; clients SCHED_IDLE: {idle}; clients frozen during each burst: {frozen_bursts}",
+        common::machine()
     );
 
     let mut iteration = 0usize;

@@ -333,13 +333,7 @@ fn main() {
         life,
         seconds,
     };
-    println!(
-        "machine: {} cores; {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-    );
+    println!("{}", common::machine());
     // The fake Asterisk: its own thread and single-threaded runtime.
     let (gen_tx, gen_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -9,6 +9,17 @@ use pbxbridge::db::Db;
 #[path = "../../tests/it/fake_ari.rs"]
 pub mod fake_ari;
 
+/// The first line of a benchmark's output: `machine: N cores; YYYY-MM-DD HH:MM UTC`.
+pub fn machine() -> String {
+    format!(
+        "machine: {} cores; {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    )
+}
+
 /// A database created for one benchmark run on the PostgreSQL at `BENCH_DATABASE_URL`
 /// (default `postgres://postgres@127.0.0.1:5432/test`); [`BenchPg::drop`] removes it.
 pub struct BenchPg {
