@@ -359,17 +359,17 @@ fn main() {
             let sqlite = format!("sqlite://{}", tmp.path().join("bench.db").display());
             run("SQLite", &sqlite, &load, &gen_rt).await;
         }
-        if only.is_empty() || only == "postgres" {
-            if let Some(pg) = common::BenchPg::create("serve_").await {
-                run("PostgreSQL", &pg.url, &load, &gen_rt).await;
-                if let Some(bench) = common::pgbench(&pg.url) {
-                    println!(
-                        "== pgbench (same PostgreSQL, same run): 1 client, one 1-row INSERT per transaction, 5 s: {:.0} tps, {:.2} ms average latency",
-                        bench.tps, bench.latency_ms
-                    );
-                }
-                pg.drop().await;
+        if (only.is_empty() || only == "postgres")
+            && let Some(pg) = common::BenchPg::create("serve_").await
+        {
+            run("PostgreSQL", &pg.url, &load, &gen_rt).await;
+            if let Some(bench) = common::pgbench(&pg.url) {
+                println!(
+                    "== pgbench (same PostgreSQL, same run): 1 client, one 1-row INSERT per transaction, 5 s: {:.0} tps, {:.2} ms average latency",
+                    bench.tps, bench.latency_ms
+                );
             }
+            pg.drop().await;
         }
     });
     let _ = stop_tx.send(());
