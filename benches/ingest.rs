@@ -22,6 +22,8 @@ use pbxbridge::calls::writer;
 use pbxbridge::db::Db;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 fn captures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/captures")
 }
@@ -64,21 +66,15 @@ fn parse_apply() -> f64 {
     rate
 }
 
-fn call_copies(n: usize) -> Vec<AriMessage> {
-    let text = std::fs::read_to_string(captures().join("inbound-answered/ari.jsonl")).unwrap();
-    let mut out = vec![AriMessage::Connected];
-    for i in 0..n {
-        let copy = text.replace("1795279489.", &format!("9{i:09}."));
-        for line in copy.lines() {
-            out.push(AriMessage::frame(line.to_string()));
-        }
-    }
-    out
-}
-
 async fn end_to_end(url: &str, label: &str, calls: usize) -> f64 {
     let db = Db::connect_and_migrate(url).await.unwrap();
-    let msgs = call_copies(calls);
+    let msgs = std::iter::once(AriMessage::Connected)
+        .chain(
+            common::fake_ari::call_copies('9', calls)
+                .into_iter()
+                .map(AriMessage::frame),
+        )
+        .collect::<Vec<_>>();
     let (handle, inbox) = writer::channel();
     let stats = handle.stats().clone();
     let cancel = CancellationToken::new();
@@ -113,48 +109,8 @@ async fn end_to_end(url: &str, label: &str, calls: usize) -> f64 {
     rate
 }
 
-fn pgbench(db_url: &str) -> Option<f64> {
-    let script = std::env::temp_dir().join("pbxbridge-pgbench.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO pgbench_insert (a, b, c) VALUES (:client_id, random(), 'x');\n",
-    )
-    .ok()?;
-    let psql = std::process::Command::new("psql")
-        .args([
-            db_url,
-            "-qc",
-            "CREATE TABLE IF NOT EXISTS pgbench_insert (a int, b float8, c text)",
-        ])
-        .output()
-        .ok()?;
-    if !psql.status.success() {
-        return None;
-    }
-    let out = std::process::Command::new("pgbench")
-        .args(["-n", "-c", "1", "-T", "5", "-f"])
-        .arg(&script)
-        .arg(db_url)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let tps = text
-        .lines()
-        .find(|l| l.starts_with("tps ="))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse::<f64>().ok())?;
-    println!("pgbench simple insert (1 client, 1 row per transaction, 5 s): {tps:.0} tps");
-    Some(tps)
-}
-
 fn main() {
-    println!(
-        "machine: {} cores; {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d")
-    );
+    println!("{}", common::machine());
     let events = parse_apply();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,29 +122,19 @@ fn main() {
         let sqlite = format!("sqlite://{}", tmp.path().join("bench.db").display());
         end_to_end(&sqlite, "SQLite", 5000).await;
 
-        let base = std::env::var("BENCH_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        match Db::connect(&base).await {
-            Ok(admin) => {
-                let name = format!("pbx_bench_{}", std::process::id());
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(admin.pool())
-                    .await
-                    .unwrap();
-                let (prefix, _) = base.rsplit_once('/').unwrap();
-                let url = format!("{prefix}/{name}");
-                let pg = end_to_end(&url, "PostgreSQL", 5000).await;
-                if let Some(ceiling) = pgbench(&url) {
-                    println!(
-                        "PostgreSQL ingestion / pgbench ceiling = {:.2} (target >= 0.5)",
-                        pg / ceiling
-                    );
-                }
-                let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                    .execute(admin.pool())
-                    .await;
+        if let Some(pg) = common::BenchPg::create("").await {
+            let rate = end_to_end(&pg.url, "PostgreSQL", 5000).await;
+            if let Some(bench) = common::pgbench(&pg.url) {
+                println!(
+                    "pgbench simple insert (1 client, 1 row per transaction, 5 s): {:.0} tps",
+                    bench.tps
+                );
+                println!(
+                    "PostgreSQL ingestion / pgbench ceiling = {:.2} (target >= 0.5)",
+                    rate / bench.tps
+                );
             }
-            Err(e) => println!("PostgreSQL at {base} unreachable ({e}): skipped"),
+            pg.drop().await;
         }
     });
     println!(

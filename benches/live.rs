@@ -28,25 +28,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::routing::get;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
-type Frames = Arc<Mutex<Option<mpsc::UnboundedReceiver<String>>>>;
-
-async fn events(State(frames): State<Frames>, ws: WebSocketUpgrade) -> axum::response::Response {
-    let rx = frames.lock().unwrap().take();
-    ws.on_upgrade(move |mut socket| async move {
-        let Some(mut rx) = rx else { return };
-        while let Some(f) = rx.recv().await {
-            if socket.send(Message::Text(f.into())).await.is_err() {
-                return;
-            }
-        }
-    })
-}
+mod common;
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -79,33 +63,6 @@ fn cpu_ms(pid: u32) -> (f64, f64) {
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// A fake ARI (events WebSocket fed by the returned sender, empty channel and bridge lists,
-/// module reloads accepted) and its base URL.
-async fn fake_ari() -> (mpsc::UnboundedSender<String>, String) {
-    let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let frames: Frames = Arc::new(Mutex::new(Some(rx)));
-    let app = axum::Router::new()
-        .route("/ari/events", get(events))
-        .route(
-            "/ari/channels",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        // The extensions provisioner reloads res_pjsip at start; let it succeed quietly.
-        .route(
-            "/ari/asterisk/modules/{module}",
-            axum::routing::put(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .route(
-            "/ari/bridges",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        .with_state(frames);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (tx, url)
 }
 
 struct Daemon {
@@ -241,11 +198,7 @@ async fn freeze(client_rts: &[tokio::runtime::Handle]) -> std::sync::mpsc::Sende
 
 async fn run(idle: bool, client_rts: Vec<tokio::runtime::Handle>) {
     let frozen_bursts = std::env::var("LIVE_BENCH_FREEZE").is_ok_and(|v| v == "1");
-    let capture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/captures/inbound-answered/ari.jsonl"
-    ))
-    .unwrap();
+    let capture = common::fake_ari::inbound_answered();
     let lines: Vec<String> = capture.lines().map(String::from).collect();
     let triggers = [25usize, 37, 87];
     let sizes: Vec<usize> = std::env::var("LIVE_BENCH_CLIENTS")
@@ -257,16 +210,13 @@ async fn run(idle: bool, client_rts: Vec<tokio::runtime::Handle>) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!(
-        "machine: {} cores; {}; {rounds} calls per size; clients SCHED_IDLE: {idle}; clients frozen during each burst: {frozen_bursts}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d")
+        "{}; {rounds} calls per size; clients SCHED_IDLE: {idle}; clients frozen during each burst: {frozen_bursts}",
+        common::machine()
     );
 
     let mut iteration = 0usize;
     for target in sizes {
-        let (tx, ari) = fake_ari().await;
+        let (tx, ari) = common::fake_ari::fed().await;
         let d = daemon(&ari).await;
         let idle_kb = rss_kb(d.child.id());
         let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
@@ -315,7 +265,12 @@ async fn run(idle: bool, client_rts: Vec<tokio::runtime::Handle>) {
             iteration += 1;
             let ids = lines
                 .iter()
-                .map(|l| l.replace("1795279489.", &format!("8{iteration:09}.")))
+                .map(|l| {
+                    l.replace(
+                        common::fake_ari::CAPTURE_ID,
+                        &common::fake_ari::copy_id('8', iteration),
+                    )
+                })
                 .collect::<Vec<_>>();
             for (i, f) in ids.iter().enumerate() {
                 if triggers.contains(&i) {

@@ -24,14 +24,16 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::routing::{get, post, put};
+use axum::extract::ws::{Message, WebSocket};
 use chrono::DateTime;
 use clap::Parser;
 use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
+
+use common::fake_ari;
+
+mod common;
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -43,9 +45,7 @@ fn env_f64(name: &str, default: f64) -> f64 {
 /// One call's frames, with `{ID}` where the capture's id prefix was, and each frame's
 /// offset from the call's start in seconds (capture order kept; offsets never go back).
 fn template() -> (Vec<String>, Vec<f64>) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/captures/inbound-answered/ari.jsonl");
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = fake_ari::inbound_answered();
     let mut frames = Vec::new();
     let mut offsets = Vec::new();
     let mut first = None;
@@ -59,7 +59,7 @@ fn template() -> (Vec<String>, Vec<f64>) {
         let off = ((ts - t0).num_milliseconds() as f64 / 1000.0).max(last);
         last = off;
         offsets.push(off);
-        frames.push(line.replace("1795279489.", "{ID}"));
+        frames.push(line.replace(fake_ari::CAPTURE_ID, "{ID}"));
     }
     (frames, offsets)
 }
@@ -75,49 +75,6 @@ fn schedule(calls: usize, pace: f64, offsets: &[f64]) -> Vec<(u64, u32, u16)> {
     }
     out.sort_unstable();
     out
-}
-
-type Socket = std::sync::Arc<std::sync::Mutex<Option<oneshot::Sender<WebSocket>>>>;
-
-/// The fake ARI on the current runtime: hands the events WebSocket to the returned receiver.
-async fn fake_ari() -> (oneshot::Receiver<WebSocket>, String) {
-    let (tx, rx) = oneshot::channel();
-    let slot: Socket = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
-    let app = axum::Router::new()
-        .route(
-            "/ari/events",
-            get(
-                |State(slot): State<Socket>, ws: WebSocketUpgrade| async move {
-                    let tx = slot.lock().unwrap().take();
-                    ws.on_upgrade(move |socket| async move {
-                        if let Some(tx) = tx {
-                            let _ = tx.send(socket);
-                        }
-                    })
-                },
-            ),
-        )
-        .route(
-            "/ari/channels",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        .route(
-            "/ari/bridges",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        .route(
-            "/ari/channels/{id}/continue",
-            post(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .route(
-            "/ari/asterisk/modules/{module}",
-            put(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .with_state(slot);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (rx, url)
 }
 
 /// What the fake did: frames sent, first and last send, the most it fell behind schedule.
@@ -148,7 +105,7 @@ async fn play(
         let now_us = start.elapsed().as_micros() as u64;
         while i < sched.len() && sched[i].0 <= now_us {
             let (_, call, k) = sched[i];
-            let text = frames[k as usize].replace("{ID}", &format!("7{call:09}."));
+            let text = frames[k as usize].replace("{ID}", &fake_ari::copy_id('7', call as usize));
             socket.feed(Message::Text(text.into())).await.unwrap();
             i += 1;
         }
@@ -212,7 +169,7 @@ async fn run(label: &str, database_url: &str, load: &Load, gen_rt: &tokio::runti
     let (socket_rx, ari_url) = {
         let (tx, rx) = std::sync::mpsc::channel();
         gen_rt.spawn(async move {
-            let _ = tx.send(fake_ari().await);
+            let _ = tx.send(fake_ari::socket().await);
         });
         rx.recv().unwrap()
     };
@@ -303,7 +260,9 @@ async fn run(label: &str, database_url: &str, load: &Load, gen_rt: &tokio::runti
         let mut n = 0;
         for f in frames {
             n += p
-                .handle(AriMessage::frame(f.replace("{ID}", "6000000000.")))
+                .handle(AriMessage::frame(
+                    f.replace("{ID}", &fake_ari::copy_id('6', 0)),
+                ))
                 .len();
         }
         n
@@ -363,46 +322,6 @@ async fn run(label: &str, database_url: &str, load: &Load, gen_rt: &tokio::runti
     );
 }
 
-fn pgbench(db_url: &str) -> Option<f64> {
-    let script = std::env::temp_dir().join("pbxbridge-serve-pgbench.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO pgbench_insert (a, b, c) VALUES (:client_id, random(), 'x');\n",
-    )
-    .ok()?;
-    let psql = std::process::Command::new("psql")
-        .args([
-            db_url,
-            "-qc",
-            "CREATE TABLE IF NOT EXISTS pgbench_insert (a int, b float8, c text)",
-        ])
-        .output()
-        .ok()?;
-    if !psql.status.success() {
-        return None;
-    }
-    let out = std::process::Command::new("pgbench")
-        .args(["-n", "-c", "1", "-T", "5", "-f"])
-        .arg(&script)
-        .arg(db_url)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "tps = 856.1 (without initial connection time)", "latency average = 1.168 ms"
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let tps = value("tps = ")?;
-    let latency = value("latency average = ").unwrap_or(0.0);
-    println!(
-        "== pgbench (same PostgreSQL, same run): 1 client, one 1-row INSERT per transaction, 5 s: {tps:.0} tps, {latency:.2} ms average latency"
-    );
-    Some(tps)
-}
-
 fn main() {
     let concurrent = env_f64("SERVE_BENCH_CONCURRENT", 1000.0);
     let life = env_f64("SERVE_BENCH_LIFE", 4.0);
@@ -414,13 +333,7 @@ fn main() {
         life,
         seconds,
     };
-    println!(
-        "machine: {} cores; {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-    );
+    println!("{}", common::machine());
     // The fake Asterisk: its own thread and single-threaded runtime.
     let (gen_tx, gen_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -446,26 +359,17 @@ fn main() {
             let sqlite = format!("sqlite://{}", tmp.path().join("bench.db").display());
             run("SQLite", &sqlite, &load, &gen_rt).await;
         }
-        if only.is_empty() || only == "postgres" {
-            let base = std::env::var("BENCH_DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            match pbxbridge::db::Db::connect(&base).await {
-                Ok(admin) => {
-                    let name = format!("pbx_bench_serve_{}", std::process::id());
-                    sqlx::query(&format!("CREATE DATABASE {name}"))
-                        .execute(admin.pool())
-                        .await
-                        .unwrap();
-                    let (prefix, _) = base.rsplit_once('/').unwrap();
-                    let url = format!("{prefix}/{name}");
-                    run("PostgreSQL", &url, &load, &gen_rt).await;
-                    pgbench(&url);
-                    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                        .execute(admin.pool())
-                        .await;
-                }
-                Err(e) => println!("PostgreSQL at {base} unreachable ({e}): skipped"),
+        if (only.is_empty() || only == "postgres")
+            && let Some(pg) = common::BenchPg::create("serve_").await
+        {
+            run("PostgreSQL", &pg.url, &load, &gen_rt).await;
+            if let Some(bench) = common::pgbench(&pg.url) {
+                println!(
+                    "== pgbench (same PostgreSQL, same run): 1 client, one 1-row INSERT per transaction, 5 s: {:.0} tps, {:.2} ms average latency",
+                    bench.tps, bench.latency_ms
+                );
             }
+            pg.drop().await;
         }
     });
     let _ = stop_tx.send(());

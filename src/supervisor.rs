@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
@@ -55,12 +55,7 @@ impl Default for Backoff {
 
 impl Backoff {
     fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.first)
-            .with_max_delay(self.max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::retry::exponential(self.first, self.max).build()
     }
 }
 
@@ -582,6 +577,21 @@ mod tests {
         }
     }
 
+    /// Restarts far off (30 s): a task stays `Restarting` for the whole test.
+    fn slow() -> Backoff {
+        Backoff {
+            first: Duration::from_secs(30),
+            ..fast()
+        }
+    }
+
+    /// A supervisor with `backoff`, and the token that cancels it.
+    fn supervisor(backoff: Backoff) -> (CancellationToken, Supervisor) {
+        let cancel = CancellationToken::new();
+        let sup = Supervisor::with_backoff(cancel.clone(), backoff);
+        (cancel, sup)
+    }
+
     async fn until(what: &str, mut ok: impl FnMut() -> bool) {
         for _ in 0..500 {
             if ok() {
@@ -613,8 +623,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_restarts_a_panicking_task_with_backoff() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(cancel.clone(), fast());
+        let (cancel, sup) = supervisor(fast());
         let starts = Starts::default();
         let s = starts.clone();
         let task = sup.register(TaskSpec::new("panicky"), move |a: Attempt| {
@@ -648,8 +657,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_restarts_a_failing_task() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(cancel.clone(), fast());
+        let (cancel, sup) = supervisor(fast());
         let starts = Starts::default();
         let s = starts.clone();
         let task = sup.register(TaskSpec::new("flaky").records_calls(), move |a: Attempt| {
@@ -674,14 +682,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_lists_a_call_recording_task_as_down_while_it_restarts() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(
-            cancel.clone(),
-            Backoff {
-                first: Duration::from_secs(30),
-                ..fast()
-            },
-        );
+        let (cancel, sup) = supervisor(slow());
         let task = sup.register(TaskSpec::new("writer").records_calls(), |_| async {
             Err::<(), _>("disk full")
         });
@@ -706,8 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_restarts_a_task_that_ends_ok() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(cancel.clone(), fast());
+        let (cancel, sup) = supervisor(fast());
         let starts = Starts::default();
         let s = starts.clone();
         let task = sup.register(TaskSpec::new("quitter"), move |a: Attempt| {
@@ -732,8 +732,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_cancel_stops_everything_and_nothing_restarts() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(cancel.clone(), fast());
+        let (cancel, sup) = supervisor(fast());
         let starts = Starts::default();
         let mut handles = Vec::new();
         for i in 0..3 {
@@ -783,8 +782,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_stop_after_stops_a_consumer_after_its_producer() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(cancel.clone(), fast());
+        let (cancel, sup) = supervisor(fast());
         let order = Arc::new(Mutex::new(Vec::<&str>::new()));
         let o = order.clone();
         let producer = sup.register(TaskSpec::new("producer"), move |a: Attempt| {
@@ -823,14 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_restart_on_request_starts_a_fresh_attempt_at_once() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(
-            cancel.clone(),
-            Backoff {
-                first: Duration::from_secs(30),
-                ..fast()
-            },
-        );
+        let (cancel, sup) = supervisor(slow());
         let numbers = Arc::new(Mutex::new(Vec::new()));
         let n = numbers.clone();
         let task = sup.register(TaskSpec::new("consumer"), move |a: Attempt| {
@@ -852,15 +843,11 @@ mod tests {
 
     #[tokio::test]
     async fn supervisor_backoff_starts_over_after_a_healthy_stretch() {
-        let cancel = CancellationToken::new();
-        let sup = Supervisor::with_backoff(
-            cancel.clone(),
-            Backoff {
-                first: Duration::from_millis(20),
-                max: Duration::from_secs(5),
-                healthy_after: Duration::from_millis(150),
-            },
-        );
+        let (cancel, sup) = supervisor(Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_secs(5),
+            healthy_after: Duration::from_millis(150),
+        });
         let starts = Starts::default();
         let s = starts.clone();
         let runs = Arc::new(AtomicU32::new(0));

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proto::{Decoder, Message, ProtoError};
 use crate::config::{AmiSettings, Secret};
+use crate::retry;
 
 /// Errors of AMI actions.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -499,13 +500,9 @@ fn num(e: &Message, key: &str) -> Option<i64> {
     }
 }
 
+/// Delays between reconnections: from 500 ms, capped at 30 s ([`retry::exponential`]).
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    retry::exponential(Duration::from_millis(500), Duration::from_secs(30)).build()
 }
 
 struct Conn {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{AriClient, AriError};
 use super::models::{Bridge, Channel};
+use crate::retry;
 
 /// What the events connection feeds to the call pipeline, in order.
 #[derive(Clone, Debug)]
@@ -142,13 +143,9 @@ fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Delays between reconnections: from 500 ms, capped at 30 s ([`retry::exponential`]).
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    retry::exponential(Duration::from_millis(500), Duration::from_secs(30)).build()
 }
 
 /// Ping intervals without any frame (text, pong, ping, ...) after which the events
@@ -163,11 +160,7 @@ const MAX_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// (a delay may grow up to twice that), never giving up. Only the end of the connection the
 /// resync belongs to, or shutdown, stops it.
 fn resync_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
+    retry::exponential(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// How one connection ended.

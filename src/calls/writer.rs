@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use indexmap::IndexMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,8 @@ use uuid::Uuid;
 use super::model::CallRecord;
 use super::store;
 use crate::db::{Db, DbError};
-use crate::live::stats::LatencySummary;
+use crate::metrics::{LatencyHistogram, LatencySummary};
+use crate::retry;
 
 /// How long the writer gathers records after the first of a batch arrives (20 ms).
 pub const GATHER: Duration = Duration::from_millis(20);
@@ -67,7 +68,7 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Records the database refused since start, each kept in `call_write_errors`.
     pub write_errors: AtomicU64,
-    latency: CommitLatency,
+    latency: LatencyHistogram,
 }
 
 impl WriterStats {
@@ -516,13 +517,9 @@ fn resolve(shared: &Shared, batch: &Batch, range: Range<usize>, committed: bool)
     }
 }
 
+/// Delays between retries of a failing batch: from 100 ms, capped at 5 s ([`retry::exponential`]).
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    retry::exponential(Duration::from_millis(100), Duration::from_secs(5)).build()
 }
 
 /// Writes every row of `batch`: committed, or (refused by the database) kept in
@@ -681,88 +678,6 @@ async fn keep_refused<S: Sink>(
     resolve(shared, batch, i..i + 1, false);
 }
 
-/// A lock-free log-linear histogram of commit latencies: 32 buckets per power of two of
-/// microseconds (values within about 3 %).
-#[derive(Debug)]
-struct CommitLatency {
-    buckets: Box<[AtomicU64]>,
-    max_us: AtomicU64,
-}
-
-/// Sub-buckets per power of two (as a shift).
-const SUB_BITS: u32 = 5;
-const SUBS: u64 = 1 << SUB_BITS;
-const LATENCY_BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUBS as usize;
-
-impl Default for CommitLatency {
-    fn default() -> Self {
-        CommitLatency {
-            buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            max_us: AtomicU64::new(0),
-        }
-    }
-}
-
-impl CommitLatency {
-    fn bucket(us: u64) -> usize {
-        if us < SUBS {
-            return us as usize;
-        }
-        let msb = 63 - us.leading_zeros();
-        let shift = msb - SUB_BITS;
-        let sub = (us >> shift) & (SUBS - 1);
-        ((shift as usize) + 1) * SUBS as usize + sub as usize
-    }
-
-    /// The largest value in bucket `b`, in µs.
-    fn upper(b: usize) -> u64 {
-        let b = b as u64;
-        if b < SUBS {
-            return b;
-        }
-        let shift = b / SUBS - 1;
-        let sub = b % SUBS;
-        ((SUBS + sub + 1) << shift).saturating_sub(1)
-    }
-
-    fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let b = Self::bucket(us).min(LATENCY_BUCKETS - 1);
-        self.buckets[b].fetch_add(1, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
-    }
-
-    fn summary(&self) -> LatencySummary {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let count: u64 = counts.iter().sum();
-        if count == 0 {
-            return LatencySummary::default();
-        }
-        let max_us = self.max_us.load(Ordering::Relaxed);
-        let at = |p: f64| {
-            let rank = ((count as f64) * p).ceil().max(1.0) as u64;
-            let mut seen = 0u64;
-            for (i, c) in counts.iter().enumerate() {
-                seen = seen.saturating_add(*c);
-                if seen >= rank {
-                    return Self::upper(i).min(max_us) as f64 / 1000.0;
-                }
-            }
-            max_us as f64 / 1000.0
-        };
-        LatencySummary {
-            count,
-            p50_ms: at(0.50),
-            p99_ms: at(0.99),
-            max_ms: max_us as f64 / 1000.0,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +705,12 @@ mod tests {
         fn closed() -> Arc<Fake> {
             let f = Arc::new(Fake::default());
             f.state.lock().unwrap().closed = true;
+            f
+        }
+        /// Open, but the first `n` upserts fail with a transient error.
+        fn failing_first(n: u32) -> Arc<Fake> {
+            let f = Arc::new(Fake::default());
+            f.state.lock().unwrap().transient = n;
             f
         }
         fn open(&self) {
@@ -863,8 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_bisect_keeps_refused_rows_and_writes_the_rest() {
-        let fake = Arc::new(Fake::default());
-        fake.state.lock().unwrap().transient = 2;
+        let fake = Fake::failing_first(2);
         let (handle, inbox) = channel();
         let cancel = CancellationToken::new();
         for i in 0..300 {
@@ -977,8 +897,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_cancelled_returns_only_when_the_queue_is_closed_and_drained() {
-        let fake = Arc::new(Fake::default());
-        fake.state.lock().unwrap().transient = 3;
+        let fake = Fake::failing_first(3);
         let (handle, inbox) = channel();
         let cancel = CancellationToken::new();
         cancel.cancel();
@@ -1050,27 +969,5 @@ mod tests {
         assert_eq!(classify(&conflict), Refused);
         let decode = WriteError::Db(DbError::Sqlx(sqlx::Error::RowNotFound));
         assert_eq!(classify(&decode), Unknown);
-    }
-
-    #[test]
-    fn writer_latency_buckets_cover_every_value() {
-        for us in [
-            0u64, 1, 31, 32, 33, 63, 64, 100, 1_000, 12_345, 250_000, 10_000_000,
-        ] {
-            let b = CommitLatency::bucket(us);
-            assert!(CommitLatency::upper(b) >= us, "{us}");
-            assert!(b == 0 || CommitLatency::upper(b - 1) < us, "{us}");
-            assert!(CommitLatency::upper(b) - us <= us / 32 + 1, "{us}");
-        }
-        assert!(CommitLatency::bucket(u64::MAX) < LATENCY_BUCKETS);
-        let l = CommitLatency::default();
-        for ms in 1..=100u64 {
-            l.record(Duration::from_millis(ms));
-        }
-        let s = l.summary();
-        assert_eq!(s.count, 100);
-        assert!((49.0..=51.6).contains(&s.p50_ms), "{s:?}");
-        assert!((98.0..=101.0).contains(&s.p99_ms), "{s:?}");
-        assert_eq!(s.max_ms, 100.0);
     }
 }

@@ -3,7 +3,7 @@
 //! Stasis hand-back, the reconnect capture, a restart in the middle of a call, replays that
 //! never double a call, and malformed frames.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,16 +15,6 @@ use serde_json::Value;
 
 use crate::fake_asterisk::{Fake, PASS, USER};
 use crate::support::{self, TestDb};
-
-fn capture(name: &str) -> PathBuf {
-    support::fixtures().join("captures").join(name)
-}
-
-fn expected(dir: &Path) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    v["calls"].as_array().unwrap().clone()
-}
 
 fn t(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str()
@@ -121,8 +111,8 @@ fn stasis_channels(dir: &Path) -> Vec<String> {
 }
 
 async fn serve_capture(scenario: &str, db: &TestDb) {
-    let dir = capture(scenario);
-    let want = expected(&dir);
+    let dir = support::capture(scenario);
+    let want = support::expected(&dir);
     let fake = Fake::from_capture(&dir);
     let (url, server) = fake.start().await;
     let running = pbxbridge::app::start(serve_settings(db, &url))
@@ -202,8 +192,8 @@ capture_tests! {
 /// consultation call, which ended at the transfer instead of running on until 1002 hung up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_attended_transfer_gives_two_calls_and_the_consultation_ends_at_the_transfer() {
-    let dir = capture("attended-transfer");
-    let want = expected(&dir);
+    let dir = support::capture("attended-transfer");
+    let want = support::expected(&dir);
     for db in support::both().await {
         let fake = Fake::from_capture(&dir);
         let (url, server) = fake.start().await;
@@ -243,7 +233,7 @@ async fn serve_attended_transfer_gives_two_calls_and_the_consultation_ends_at_th
 /// The reconnect capture gives the same record as an unbroken stream would.
 #[tokio::test]
 async fn reconnect_equals_unbroken_stream() {
-    let dir = capture("reconnect");
+    let dir = support::capture("reconnect");
     let mut unbroken: Vec<String> = Vec::new();
     for f in ["ari.jsonl", "ari-after-reconnect.jsonl"] {
         unbroken.extend(
@@ -288,12 +278,12 @@ async fn replay_twice_leaves_the_same_rows() {
     for db in support::both().await {
         let dirs = ["inbound-answered", "burst", "reconnect", "blind-transfer"];
         for d in dirs {
-            support::feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
+            support::feed_capture(&db, d).await;
         }
         let first = all_records(&db).await;
         assert_eq!(first.len(), 8);
         for d in dirs {
-            support::feed(&db, pbxbridge::ari::capture::load(&capture(d)).unwrap()).await;
+            support::feed_capture(&db, d).await;
         }
         let second = all_records(&db).await;
         assert_eq!(first.len(), second.len(), "{}", db.backend);
@@ -311,7 +301,7 @@ async fn replay_twice_leaves_the_same_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_call_finishes_the_same_record() {
     for db in support::both().await {
-        let dir = capture("reconnect");
+        let dir = support::capture("reconnect");
         // The first daemon saw the call up to the gap.
         let mut before = vec![pbxbridge::ari::stream::AriMessage::Connected];
         for line in std::fs::read_to_string(dir.join("ari.jsonl"))
@@ -340,7 +330,7 @@ async fn restart_mid_call_finishes_the_same_record() {
         let recs = wait_for_ended(&db, 1).await;
         running.shutdown().await;
         server.abort();
-        assert_matches("restart", &recs, &expected(&dir));
+        assert_matches("restart", &recs, &support::expected(&dir));
         assert!(!recs[0].reconstructed, "nothing had to be guessed");
     }
 }
@@ -350,7 +340,7 @@ async fn restart_mid_call_finishes_the_same_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_that_vanished_while_down_is_finished_as_reconstructed() {
     for db in support::both().await {
-        let dir = capture("inbound-answered");
+        let dir = support::capture("inbound-answered");
         let mut before = vec![pbxbridge::ari::stream::AriMessage::Connected];
         for line in std::fs::read_to_string(dir.join("ari.jsonl"))
             .unwrap()
@@ -389,7 +379,7 @@ async fn call_that_vanished_while_down_is_finished_as_reconstructed() {
 /// and skipped; the calls around them are still recorded correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_are_skipped() {
-    let dir = capture("inbound-answered");
+    let dir = support::capture("inbound-answered");
     let mut frames: Vec<String> = std::fs::read_to_string(dir.join("ari.jsonl"))
         .unwrap()
         .lines()
@@ -426,7 +416,7 @@ async fn malformed_frames_are_skipped() {
         .unwrap();
     running.shutdown().await;
     server.abort();
-    assert_matches("malformed", &recs, &expected(&dir));
+    assert_matches("malformed", &recs, &support::expected(&dir));
     assert_eq!(health["pipeline"]["parseErrors"], 7, "{health}");
     assert_eq!(health["pipeline"]["unknownTypes"], 1, "{health}");
 }

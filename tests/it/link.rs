@@ -4,12 +4,10 @@
 //!
 //! Run them alone with `cargo test --test it link_`.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pbxbridge::calls::store::{self, CallFilter};
 use pbxbridge::calls::{CallRecord, CallState, CallStatus, Source};
-use serde_json::Value;
 
 use crate::ami::{config as ami_config, start as ami_start};
 use crate::calls_e2e::assert_matches;
@@ -26,16 +24,6 @@ const FAST_PINGS: &[&str] = &[
     "--ari-ping-interval",
     "1",
 ];
-
-fn capture(name: &str) -> PathBuf {
-    support::fixtures().join("captures").join(name)
-}
-
-fn expected(dir: &Path) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    v["calls"].as_array().unwrap().clone()
-}
 
 async fn records(db: &TestDb) -> Vec<CallRecord> {
     store::list(&db.db, &CallFilter::default()).await.unwrap().0
@@ -66,21 +54,12 @@ async fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-async fn health(running: &pbxbridge::app::Running) -> Value {
-    reqwest::get(format!("http://{}/health", running.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Stores the first `frames` frames of `capture`'s `ari.jsonl`, as a daemon that stopped
 /// there would have: the call is left open in the database.
 async fn seed_open_call(db: &TestDb, capture_name: &str, frames: usize) {
     use pbxbridge::ari::stream::AriMessage;
     let mut before = vec![AriMessage::Connected];
-    for line in std::fs::read_to_string(capture(capture_name).join("ari.jsonl"))
+    for line in std::fs::read_to_string(support::capture(capture_name).join("ari.jsonl"))
         .unwrap()
         .lines()
         .take(frames)
@@ -99,7 +78,7 @@ async fn seed_open_call(db: &TestDb, capture_name: &str, frames: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ari_link_half_open_connection_is_dropped_and_reconnected() {
     let db = support::sqlite().await;
-    let dir = capture("reconnect");
+    let dir = support::capture("reconnect");
     let fake = Fake::from_capture(&dir);
     let first = fake.0.lock().unwrap().segments[0].len();
     fake.link(|l| l.freeze_after = Some(first));
@@ -117,10 +96,10 @@ async fn ari_link_half_open_connection_is_dropped_and_reconnected() {
     );
 
     let recs = wait_for_ended(&db, 1, 15).await;
-    let h = health(&running).await;
+    let h = support::health(running.addr).await;
     running.shutdown().await;
     server.abort();
-    assert_matches("half-open reconnect", &recs, &expected(&dir));
+    assert_matches("half-open reconnect", &recs, &support::expected(&dir));
     assert_eq!(fake.connections(), 2);
     // Both connections were resynced.
     assert!(fake.link(|l| l.bridges_served) >= 2);
@@ -139,7 +118,7 @@ async fn ari_link_quiet_connection_that_answers_pings_is_kept() {
     assert!(wait_until(10, || fake.connections() == 1).await);
     // More than 3 intervals of silence, twice over.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let h = health(&running).await;
+    let h = support::health(running.addr).await;
     running.shutdown().await;
     server.abort();
     assert_eq!(fake.connections(), 1, "a live quiet connection was dropped");
@@ -182,7 +161,7 @@ async fn ari_link_resync_retries_until_it_succeeds() {
 async fn ari_link_resync_retried_then_call_finished() {
     let db = support::sqlite().await;
     seed_open_call(&db, "reconnect", usize::MAX).await;
-    let dir = capture("reconnect");
+    let dir = support::capture("reconnect");
     let fake = Fake::from_capture(&dir);
     {
         let mut inner = fake.0.lock().unwrap();
@@ -196,7 +175,7 @@ async fn ari_link_resync_retried_then_call_finished() {
     let recs = wait_for_ended(&db, 1, 30).await;
     running.shutdown().await;
     server.abort();
-    assert_matches("resync retried", &recs, &expected(&dir));
+    assert_matches("resync retried", &recs, &support::expected(&dir));
     assert!(!recs[0].reconstructed, "the resync saw the call's channels");
     assert_eq!(fake.link(|l| l.channels_requests), 6);
     assert_eq!(fake.connections(), 1);

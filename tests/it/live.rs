@@ -513,15 +513,6 @@ async fn publish_paced(
     n
 }
 
-async fn health(addr: std::net::SocketAddr) -> Value {
-    reqwest::get(format!("http://{addr}/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_gets_resync_and_delays_nobody() {
     let db = support::sqlite().await;
@@ -590,7 +581,7 @@ async fn a_client_that_stops_reading_gets_resync_and_delays_nobody() {
             .collect::<Vec<_>>()
     );
 
-    let live = &health(running.addr).await["live"];
+    let live = &support::health(running.addr).await["live"];
     assert!(live["resyncs"].as_u64().unwrap() >= 1, "{live}");
     assert_eq!(live["slowClosed"], 0);
     assert!(live["latency"]["count"].as_u64().unwrap() >= n as u64);
@@ -630,7 +621,7 @@ async fn a_stuck_client_is_closed_after_the_send_timeout() {
         gone,
         "the stuck client was not closed after {sent} messages"
     );
-    let live = &health(running.addr).await["live"];
+    let live = &support::health(running.addr).await["live"];
     assert_eq!(live["slowClosed"], 1, "{live}");
     // The other client still gets events.
     let before = read.load(std::sync::atomic::Ordering::SeqCst);

@@ -6,6 +6,7 @@ mod calls_e2e;
 mod cel;
 mod cli;
 mod extensions;
+mod fake_ari;
 mod fake_asterisk;
 mod fakes;
 mod kavkom;

@@ -137,6 +137,28 @@ pub fn unreachable_url() -> String {
     url
 }
 
+/// A capture directory of `tests/fixtures/captures`.
+pub fn capture(name: &str) -> std::path::PathBuf {
+    fixtures().join("captures").join(name)
+}
+
+/// The calls a capture directory's `expected.json` lists.
+pub fn expected(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    v["calls"].as_array().unwrap().clone()
+}
+
+/// `GET /health` of the daemon at `addr`, as JSON.
+pub async fn health(addr: std::net::SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{addr}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Settings for a daemon on `db`, listening on a free local port, with ARI at `ari_url`,
 /// plus the settings in `extra`.
 pub fn daemon_settings(db: &TestDb, ari_url: &str, extra: &[&str]) -> Settings {
@@ -182,9 +204,5 @@ pub async fn feed(db: &TestDb, msgs: Vec<pbxbridge::ari::stream::AriMessage>) {
 
 /// [`feed`] of one capture directory of `tests/fixtures/captures`.
 pub async fn feed_capture(db: &TestDb, name: &str) {
-    feed(
-        db,
-        pbxbridge::ari::capture::load(&fixtures().join("captures").join(name)).unwrap(),
-    )
-    .await;
+    feed(db, pbxbridge::ari::capture::load(&capture(name)).unwrap()).await;
 }

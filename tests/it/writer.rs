@@ -13,19 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::routing::{get, post, put};
 use pbxbridge::ari::stream::AriMessage;
 use pbxbridge::calls::ingest::Pipeline;
 use pbxbridge::calls::tracker::Tracker;
 use pbxbridge::calls::{CallRecord, Direction, Source, store, writer};
 use pbxbridge::db::{Db, format_time};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::fake_ari;
 use crate::support::{self, TestDb};
 
 fn record(call_id: &str, version: i64) -> CallRecord {
@@ -38,20 +36,6 @@ fn record(call_id: &str, version: i64) -> CallRecord {
     r.from_number = Some("+998901234567".into());
     r.duration = version;
     r
-}
-
-/// The frames of `calls` distinct copies of the `inbound-answered` capture (fresh ids and
-/// linkedids per copy), one call after the other.
-fn call_frames(calls: usize) -> Vec<String> {
-    let text =
-        std::fs::read_to_string(support::fixtures().join("captures/inbound-answered/ari.jsonl"))
-            .unwrap();
-    let mut out = Vec::new();
-    for i in 0..calls {
-        let copy = text.replace("1795279489.", &format!("8{i:09}."));
-        out.extend(copy.lines().map(String::from));
-    }
-    out
 }
 
 /// The final record of every call in `frames`, as the tracker builds them.
@@ -365,7 +349,7 @@ async fn writer_poison_row_is_kept_and_every_other_call_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_connection_cut_during_a_burst_loses_and_doubles_nothing() {
     const CALLS: usize = 500;
-    let frames = call_frames(CALLS);
+    let frames = fake_ari::call_copies('8', CALLS);
     for db in support::both().await {
         let (handle, inbox) = writer::channel();
         let stats = handle.stats().clone();
@@ -471,72 +455,17 @@ async fn writer_holds_one_snapshot_per_call_while_the_database_is_down() {
     }
 }
 
-/// A fake ARI whose events WebSocket sends what the returned sender gets (empty channel and
-/// bridge lists, `continue` and module reloads accepted); its base URL.
-async fn fake_ari() -> (mpsc::UnboundedSender<String>, String) {
-    type Frames = Arc<Mutex<Option<mpsc::UnboundedReceiver<String>>>>;
-    let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let frames: Frames = Arc::new(Mutex::new(Some(rx)));
-    let app = axum::Router::new()
-        .route(
-            "/ari/events",
-            get(
-                |State(frames): State<Frames>, ws: WebSocketUpgrade| async move {
-                    let rx = frames.lock().unwrap().take();
-                    ws.on_upgrade(move |mut socket| async move {
-                        let Some(mut rx) = rx else { return };
-                        while let Some(f) = rx.recv().await {
-                            if socket.send(Message::Text(f.into())).await.is_err() {
-                                return;
-                            }
-                        }
-                    })
-                },
-            ),
-        )
-        .route(
-            "/ari/channels",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        .route(
-            "/ari/bridges",
-            get(|| async { axum::Json(serde_json::json!([])) }),
-        )
-        .route(
-            "/ari/channels/{id}/continue",
-            post(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .route(
-            "/ari/asterisk/modules/{module}",
-            put(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .with_state(frames);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (tx, url)
-}
-
-async fn health(addr: std::net::SocketAddr) -> Value {
-    reqwest::get(format!("http://{addr}/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The daemon (`serve`) reads 50 calls off the ARI WebSocket while the database is down;
 /// `Running::shutdown` returns only after every one of them is committed: it keeps retrying
 /// while the database is down, and is done once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_drains_what_was_queued_when_the_daemon_shuts_down() {
     const CALLS: usize = 50;
-    let frames = call_frames(CALLS);
+    let frames = fake_ari::call_copies('8', CALLS);
     let finals = finals_of(&frames);
     for db in support::both().await {
         let (mut outage, url) = Outage::for_db(&db).await;
-        let (ari, ari_url) = fake_ari().await;
+        let (ari, ari_url) = fake_ari::fed().await;
         let settings = support::settings(&[
             "--database-url",
             &url,
@@ -549,7 +478,7 @@ async fn writer_drains_what_was_queued_when_the_daemon_shuts_down() {
         let addr = running.addr;
         // Connected to the fake ARI (its resync came through: no frame is lost to a race).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while health(addr).await["ari"]["state"] != "connected" {
+        while support::health(addr).await["ari"]["state"] != "connected" {
             assert!(Instant::now() < deadline, "{}: ARI connects", db.backend);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -559,7 +488,7 @@ async fn writer_drains_what_was_queued_when_the_daemon_shuts_down() {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let h = loop {
-            let h = health(addr).await;
+            let h = support::health(addr).await;
             if h["pipeline"]["frames"].as_u64() == Some(frames.len() as u64) {
                 break h;
             }
