@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::{User, UserError, hash_password, valid_username};
 use crate::db::{Db, DbError, format_time};
-use crate::http::auth::Role;
+use super::Role;
 
 fn role_str(r: Role) -> &'static str {
     match r {
