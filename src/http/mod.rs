@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod calls;
 pub mod error;
+pub mod extensions;
 pub mod health;
 pub mod live;
 pub mod users;
@@ -130,7 +131,7 @@ pub fn router(state: AppState) -> Router {
         .merge(calls::router())
         .merge(live::router())
         .merge(users::protected_router())
-        .merge(crate::extensions::router())
+        .merge(extensions::router())
         .merge(crate::sync::kerio::router())
         .merge(crate::sync::kavkom::router())
         .route_layer(middleware::from_fn_with_state(
