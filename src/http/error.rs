@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::calls::params::BadParam;
 use crate::db::DbError;
 use crate::extensions::validate::{BadBody, Invalid};
 
@@ -108,6 +109,16 @@ impl ApiError {
             ApiError::Db(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
+        }
+    }
+}
+
+/// A bad query or CLI parameter: 400 naming it.
+impl From<BadParam> for ApiError {
+    fn from(e: BadParam) -> Self {
+        ApiError::BadRequest {
+            field: Some(e.field),
+            message: e.message,
         }
     }
 }

@@ -7,6 +7,8 @@ pub mod calls;
 pub mod error;
 pub mod extensions;
 pub mod health;
+pub mod kavkom;
+pub mod kerio;
 pub mod live;
 pub mod users;
 
@@ -132,8 +134,8 @@ pub fn router(state: AppState) -> Router {
         .merge(live::router())
         .merge(users::protected_router())
         .merge(extensions::router())
-        .merge(crate::sync::kerio::router())
-        .merge(crate::sync::kavkom::router())
+        .merge(kerio::router())
+        .merge(kavkom::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
