@@ -5,7 +5,8 @@
 //! Layout: `ari` (REST client, events WebSocket, typed events), `calls` (tracker, writer,
 //! store), `cel` (backfill from Asterisk's Channel Event Log), `live` (event hub), `http`
 //! (API), `db` (pool and migrations), `config` (settings), `supervisor` (restarts of the
-//! long-running tasks), `app` (wiring of `serve`), `cli` (subcommands).
+//! long-running tasks), `metrics` (domain-agnostic: the latency summary), `app` (wiring of
+//! `serve`), `cli` (subcommands).
 
 pub mod ami;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod extensions;
 pub mod http;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod supervisor;
 pub mod sync;
 pub mod users;

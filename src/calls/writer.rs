@@ -39,7 +39,7 @@ use uuid::Uuid;
 use super::model::CallRecord;
 use super::store;
 use crate::db::{Db, DbError};
-use crate::live::stats::LatencySummary;
+use crate::metrics::LatencySummary;
 
 /// How long the writer gathers records after the first of a batch arrives (20 ms).
 pub const GATHER: Duration = Duration::from_millis(20);

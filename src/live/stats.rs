@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::metrics::LatencySummary;
+
 /// Width of one latency bucket, in microseconds.
 const BUCKET_US: u64 = 10;
 /// Buckets: 10 µs each, 0 to 100 ms; the last one also holds anything slower.
@@ -34,20 +36,6 @@ impl Default for FanoutStats {
             max_us: AtomicU64::new(0),
         }
     }
-}
-
-/// Latency percentiles, in milliseconds (bucket upper bounds, so at most 10 µs high).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LatencySummary {
-    /// Messages measured.
-    pub count: u64,
-    /// Median, ms.
-    pub p50_ms: f64,
-    /// 99th percentile, ms.
-    pub p99_ms: f64,
-    /// Slowest, ms.
-    pub max_ms: f64,
 }
 
 impl FanoutStats {
