@@ -298,10 +298,8 @@ pub async fn cli_sync(
         return Ok(2);
     }
     let time = |name: &str, v: Option<String>| -> anyhow::Result<_> {
-        v.map(|v| {
-            crate::calls::params::parse_time(name, &v).map_err(|e| anyhow::anyhow!("{e}"))
-        })
-        .transpose()
+        v.map(|v| crate::calls::params::parse_time(name, &v).map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
     };
     let req = SyncRequest {
         from: time("--from", from)?,
