@@ -1,6 +1,11 @@
 //! The HTTP API (axum): one module per resource, each with its own router, sharing one
 //! [`AppState`] and one error type ([`error::ApiError`]). Every route but `/health` needs a
 //! bearer token.
+//!
+//! This is the top of the dependency graph: the routes of every feature (`extensions`,
+//! `kerio`, `kavkom`, ...) live here and call down into the domain modules, and domain errors
+//! become [`error::ApiError`] here; no domain module imports `http` (check with
+//! `python3 ../shared/tools/layers.py`).
 
 pub mod auth;
 pub mod calls;
