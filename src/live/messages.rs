@@ -18,7 +18,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-
 use std::sync::OnceLock;
 
 use axum::body::Bytes;
