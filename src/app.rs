@@ -312,7 +312,7 @@ impl PipelineTask {
         let pipeline = Pipeline::new(
             tracker,
             writer,
-            Some(self.hub.clone()),
+            Some(Arc::new(self.hub.clone())),
             Some(self.stasis.clone()),
         )
         .with_stats(self.stats.clone());

@@ -425,7 +425,7 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 async fn user(settings: &Settings, action: UserAction) -> anyhow::Result<i32> {
-    use crate::http::auth::Role;
+    use crate::users::Role;
     use crate::users::store as users;
     let db = Db::connect_and_migrate(&settings.core.database_url).await?;
     match action {

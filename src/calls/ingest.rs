@@ -1,7 +1,8 @@
 //! The call pipeline between the ARI events connection and storage: parses frames, hands
 //! Stasis channels back, feeds the [`Tracker`], logs what matters, and passes every changed
-//! record to the writer and the live hub. Used by `serve` (fed by the WebSocket) and by
-//! `replay` (fed by a capture).
+//! record to the writer and to a [`Publish`] output (the live hub, which implements it:
+//! `live` depends on `calls`, never the other way). Used by `serve` (fed by the WebSocket)
+//! and by `replay` (fed by a capture).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,6 @@ use super::writer::WriterHandle;
 use crate::ari::events::{self, Event};
 use crate::ari::stasis::StasisEntry;
 use crate::ari::stream::AriMessage;
-use crate::live::Hub;
 
 /// Counters of the pipeline (shared with `/health`).
 #[derive(Debug, Default)]
@@ -30,11 +30,21 @@ pub struct IngestStats {
     pub queued: AtomicU64,
 }
 
+/// Where the pipeline publishes what live clients see: every changed call and the
+/// registration events of agents' endpoints. Implemented by `live::Hub`.
+pub trait Publish: Send + Sync {
+    /// A call changed; `origin` is when the ARI frame behind it arrived.
+    fn publish_call_from(&self, update: &CallUpdate, origin: Instant);
+    /// A registration event (`PeerStatusChange`, `ContactStatusChange`,
+    /// `EndpointStateChange`) of an agent's endpoint, arrived at `origin`.
+    fn apply_registration(&self, event: &Event, origin: Instant);
+}
+
 /// Parser, tracker and outputs, driven one message at a time.
 pub struct Pipeline {
     tracker: Tracker,
     writer: Option<WriterHandle>,
-    hub: Option<Hub>,
+    hub: Option<Arc<dyn Publish>>,
     stasis: Option<mpsc::UnboundedSender<StasisEntry>>,
     stats: Arc<IngestStats>,
     updates: Vec<CallUpdate>,
@@ -45,7 +55,7 @@ impl Pipeline {
     pub fn new(
         tracker: Tracker,
         writer: Option<WriterHandle>,
-        hub: Option<Hub>,
+        hub: Option<Arc<dyn Publish>>,
         stasis: Option<mpsc::UnboundedSender<StasisEntry>>,
     ) -> Self {
         Pipeline {

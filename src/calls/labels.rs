@@ -1,9 +1,11 @@
-//! Display labels for call states and outcomes, in the UI's language (`UI_LOCALE`).
-//! The seeds' UI is Uzbek; Russian and English are offered too.
+//! Display labels for call states and outcomes, in the UI's language (`UI_LOCALE`), and the
+//! API JSON of a call record that carries them ([`CallRecord::to_json`]). The seeds' UI is
+//! Uzbek; Russian and English are offered too.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::model::{CallState, CallStatus};
+use super::model::{CallRecord, CallState, CallStatus};
 use crate::config::Locale;
 
 /// Label of a live state.
@@ -50,4 +52,21 @@ pub fn labels(locale: Locale, state: CallState, status: Option<CallStatus>) -> V
         "state": state_label(locale, state),
         "status": status.map(|s| status_label(locale, s)),
     })
+}
+
+impl CallRecord {
+    /// The record as API JSON, with `labels` in `locale` and, for a live call, `duration`
+    /// counted up to `now`.
+    pub fn to_json(&self, locale: Locale, now: DateTime<Utc>) -> Value {
+        let mut rec = self.clone();
+        if rec.end_time.is_none() {
+            rec.duration = Self::whole_seconds(rec.start_time, now);
+            if let Some(a) = rec.answer_time {
+                rec.billsec = Self::whole_seconds(a, now);
+            }
+        }
+        let mut v = serde_json::to_value(&rec).expect("call record serializes");
+        v["labels"] = labels(locale, rec.state, rec.status);
+        v
+    }
 }

@@ -1,11 +1,11 @@
 //! The call record: one row per call, whatever PBX it came from, and its JSON shape
-//! (camelCase, the seeds' call model).
+//! (camelCase, the seeds' call model). The API JSON with display labels
+//! ([`CallRecord::to_json`]) is built in `labels`, which depends on this module, not the
+//! other way.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::config::Locale;
 
 /// Where a call record came from (`source` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,20 +194,5 @@ impl CallRecord {
     /// Seconds between two times, rounded down, never negative.
     pub fn whole_seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
         (to - from).num_seconds().max(0)
-    }
-
-    /// The record as API JSON, with `labels` in `locale` and, for a live call, `duration`
-    /// counted up to `now`.
-    pub fn to_json(&self, locale: Locale, now: DateTime<Utc>) -> serde_json::Value {
-        let mut rec = self.clone();
-        if rec.end_time.is_none() {
-            rec.duration = Self::whole_seconds(rec.start_time, now);
-            if let Some(a) = rec.answer_time {
-                rec.billsec = Self::whole_seconds(a, now);
-            }
-        }
-        let mut v = serde_json::to_value(&rec).expect("call record serializes");
-        v["labels"] = crate::calls::labels::labels(locale, rec.state, rec.status);
-        v
     }
 }

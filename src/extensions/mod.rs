@@ -1,8 +1,8 @@
-//! SIP extensions: the `/extensions` API, validation, password digests, the askama-rendered
-//! PJSIP include file, and the provisioner that writes it, reloads res_pjsip and verifies
-//! the result with Asterisk. The database is the single source of truth.
+//! SIP extensions: the model, validation, password digests, the askama-rendered PJSIP
+//! include file, and the provisioner that writes it, reloads res_pjsip and verifies the
+//! result with Asterisk. The database is the single source of truth. The `/extensions`
+//! routes are in `http::extensions`.
 
-pub mod api;
 pub mod model;
 pub mod password;
 pub mod provision;
@@ -10,14 +10,5 @@ pub mod render;
 pub mod store;
 pub mod validate;
 
-use axum::Router;
-
-use crate::http::AppState;
-
 pub use model::{Extension, ProvState, Provisioning};
 pub use provision::{ProvisionError, Provisioner};
-
-/// The `/extensions` routes; behind the token middleware.
-pub fn router() -> Router<AppState> {
-    api::router()
-}

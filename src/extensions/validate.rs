@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 
 use super::model::Extension;
 use crate::config::Secret;
-use crate::http::error::ApiError;
 
 /// Codecs Asterisk 22 knows by these names (`allow =`).
 pub const KNOWN_CODECS: &[&str] = &[
@@ -39,10 +38,12 @@ pub struct Invalid {
     pub message: String,
 }
 
-impl From<Invalid> for ApiError {
-    fn from(e: Invalid) -> Self {
-        ApiError::invalid(e.field, e.message)
-    }
+/// A request body that is not a JSON object (a 400 in the API, naming no field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadBody {
+    /// Why.
+    pub message: String,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
@@ -193,16 +194,15 @@ pub fn check_row(e: &Extension) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Parses a request body: a JSON object, else 400. Bytes that are not UTF-8 are a 400 too.
-pub fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+/// Parses a request body: a JSON object, else [`BadBody`] (400). Bytes that are not UTF-8
+/// are a [`BadBody`] too.
+pub fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, BadBody> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::BadRequest {
-            field: None,
+        Ok(_) => Err(BadBody {
             message: "body must be a JSON object".into(),
         }),
-        Err(e) => Err(ApiError::BadRequest {
-            field: None,
+        Err(e) => Err(BadBody {
             message: format!("body is not valid JSON: {e}"),
         }),
     }

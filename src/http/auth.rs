@@ -12,16 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-
-/// What a caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read everything, change everything.
-    Admin,
-    /// Read only.
-    Viewer,
-}
+use crate::users::Role;
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -31,18 +31,10 @@ pub fn router() -> Router<AppState> {
         .route("/stats/calls", get(stats))
 }
 
-/// Parses a time filter: RFC 3339 (`2026-11-21T16:00:00Z`) or a date (`2026-11-21`, midnight UTC).
+/// Parses a time filter: RFC 3339 (`2026-11-21T16:00:00Z`) or a date (`2026-11-21`, midnight
+/// UTC); see [`crate::calls::params::parse_time`].
 pub fn parse_time_param(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    Err(ApiError::bad_param(
-        name,
-        format!("{name} must be an RFC 3339 date-time or YYYY-MM-DD, got {v:?}"),
-    ))
+    Ok(crate::calls::params::parse_time(name, v)?)
 }
 
 fn parse_int(name: &str, v: &str, min: i64, max: i64) -> Result<i64, ApiError> {

@@ -1,13 +1,17 @@
 //! The API's one error type: maps to an HTTP status and the JSON body
 //! `{"error": {"code", "message", "field"?}}`. Storage conflicts become 409 here, in one
-//! place; internal details are logged, never sent.
+//! place; internal details are logged, never sent. The mapping of domain errors to
+//! [`ApiError`] lives here too (`From<DomainError> for ApiError`), so domain modules never
+//! know about HTTP.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::calls::params::BadParam;
 use crate::db::DbError;
+use crate::extensions::validate::{BadBody, Invalid};
 
 /// An API error.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,33 @@ impl ApiError {
             ApiError::Db(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
+        }
+    }
+}
+
+/// A bad query or CLI parameter: 400 naming it.
+impl From<BadParam> for ApiError {
+    fn from(e: BadParam) -> Self {
+        ApiError::BadRequest {
+            field: Some(e.field),
+            message: e.message,
+        }
+    }
+}
+
+/// An invalid extension field: 422 naming the field.
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+/// An extension request body that is not a JSON object: 400.
+impl From<BadBody> for ApiError {
+    fn from(e: BadBody) -> Self {
+        ApiError::BadRequest {
+            field: None,
+            message: e.message,
         }
     }
 }

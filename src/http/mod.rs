@@ -1,11 +1,19 @@
 //! The HTTP API (axum): one module per resource, each with its own router, sharing one
 //! [`AppState`] and one error type ([`error::ApiError`]). Every route but `/health` needs a
 //! bearer token.
+//!
+//! This is the top of the dependency graph: the routes of every feature (`extensions`,
+//! `kerio`, `kavkom`, ...) live here and call down into the domain modules, and domain errors
+//! become [`error::ApiError`] here; no domain module imports `http` (check with
+//! `python3 ../shared/tools/layers.py`).
 
 pub mod auth;
 pub mod calls;
 pub mod error;
+pub mod extensions;
 pub mod health;
+pub mod kavkom;
+pub mod kerio;
 pub mod live;
 pub mod users;
 
@@ -130,9 +138,9 @@ pub fn router(state: AppState) -> Router {
         .merge(calls::router())
         .merge(live::router())
         .merge(users::protected_router())
-        .merge(crate::extensions::router())
-        .merge(crate::sync::kerio::router())
-        .merge(crate::sync::kavkom::router())
+        .merge(extensions::router())
+        .merge(kerio::router())
+        .merge(kavkom::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

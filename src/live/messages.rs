@@ -12,19 +12,17 @@
 //! - `snapshot` `{calls: [call JSON...], extensions: [extension_status data...]}`.
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
 //!
-//! Each event's message is rendered once, as JSON text (for SSE) and as a complete WebSocket
-//! text frame (RFC 6455, unmasked as a server sends it, framed by tungstenite), and shared by
-//! every client.
+//! Each event's message is rendered once, as JSON text, and shared by every client. How it
+//! goes on the wire is the transport's business (`http::live`): the WebSocket side frames the
+//! text once per event too, keeping the frame with the message ([`Rendered::wire`]).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use axum::body::Bytes;
-use axum::extract::ws::Utf8Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::{Hub, LiveEvent, Published};
 use crate::calls::tracker::{CallChange, CallUpdate};
@@ -93,37 +91,26 @@ pub struct Rendered {
     /// Message name (`incoming_call`, `call_status`, `extension_status`).
     pub name: &'static str,
     /// The JSON text `{"event", "data"}`.
-    pub text: Utf8Bytes,
-    /// The same text as a complete WebSocket text frame, ready to write to a socket.
-    pub frame: Bytes,
+    pub text: String,
+    /// The text as the transport writes it (a WebSocket frame), encoded once by the first
+    /// client that needs it.
+    wire: OnceLock<Bytes>,
 }
 
 impl Rendered {
     fn new(name: &'static str, data: Value) -> Self {
-        let text = frame(name, data);
         Rendered {
             name,
-            frame: ws_text_frame(&text),
-            text: text.into(),
+            text: frame(name, data),
+            wire: OnceLock::new(),
         }
     }
-}
 
-/// `text` as one complete, unmasked WebSocket text frame (header and payload).
-pub fn ws_text_frame(text: &str) -> Bytes {
-    ws_frame(Frame::message(
-        text.as_bytes().to_vec(),
-        OpCode::Data(Data::Text),
-        true,
-    ))
-}
-
-/// `frame` serialized as it goes on the wire.
-pub fn ws_frame(frame: Frame) -> Bytes {
-    let mut out = Vec::with_capacity(frame.len());
-    // Writing into a Vec cannot fail.
-    let _ = frame.format(&mut out);
-    out.into()
+    /// The text as it goes on the wire: `encode(text)`, computed once and shared by every
+    /// client that borrows this message.
+    pub fn wire(&self, encode: impl FnOnce(&str) -> Bytes) -> &Bytes {
+        self.wire.get_or_init(|| encode(&self.text))
+    }
 }
 
 /// The message for `event` when `filter` wants it. It is built once per event (by the

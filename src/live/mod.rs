@@ -432,6 +432,17 @@ impl Hub {
     }
 }
 
+/// The call pipeline publishes through the hub (`calls` knows only the trait).
+impl crate::calls::ingest::Publish for Hub {
+    fn publish_call_from(&self, update: &CallUpdate, origin: Instant) {
+        Hub::publish_call_from(self, update, origin);
+    }
+
+    fn apply_registration(&self, event: &crate::ari::Event, origin: Instant) {
+        Hub::apply_registration(self, event, origin);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

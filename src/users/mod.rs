@@ -12,7 +12,15 @@ use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
 
-use crate::http::auth::Role;
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything, change everything.
+    Admin,
+    /// Read only.
+    Viewer,
+}
 
 /// Errors of the users layer.
 #[derive(Debug, thiserror::Error)]

@@ -4,9 +4,9 @@ use chrono::Utc;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::Role;
 use super::{User, UserError, hash_password, valid_username};
 use crate::db::{Db, DbError, format_time};
-use crate::http::auth::Role;
 
 fn role_str(r: Role) -> &'static str {
     match r {

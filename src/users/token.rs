@@ -4,7 +4,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
-use crate::http::auth::Role;
+use super::Role;
 
 /// JWT claims.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

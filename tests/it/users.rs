@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pbxbridge::http::auth::Role;
+use pbxbridge::users::Role;
 use pbxbridge::users::{store as users, token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

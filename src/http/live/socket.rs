@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -39,6 +39,24 @@ use crate::config::Locale;
 use crate::http::{AppState, Peer};
 use crate::live::messages::{self, Filter};
 use crate::live::{FanoutStats, Hub, Published, Sink};
+
+/// `text` as one complete, unmasked WebSocket text frame (header and payload), as a server
+/// sends it (RFC 6455, framed by tungstenite).
+pub fn ws_text_frame(text: &str) -> Bytes {
+    ws_frame(Frame::message(
+        text.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    ))
+}
+
+/// `frame` serialized as it goes on the wire.
+pub fn ws_frame(frame: Frame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out.into()
+}
 
 const PING_EVERY: Duration = super::PING_EVERY;
 const PONG_TIMEOUT: Duration = Duration::from_secs(75);
@@ -144,7 +162,7 @@ impl Client {
 
     /// Queues a control or snapshot frame behind what is already waiting.
     fn send(&self, frame: Frame) {
-        let frame = messages::ws_frame(frame);
+        let frame = ws_frame(frame);
         self.push(&mut self.lock(), &frame, None);
     }
 
@@ -152,7 +170,7 @@ impl Client {
     /// comes after it on the wire.
     fn send_snapshot(&self, out: &mut Out, hub: &Hub) {
         let text = messages::snapshot(hub, self.locale, &self.filter);
-        self.push(out, &messages::ws_text_frame(&text), None);
+        self.push(out, &ws_text_frame(&text), None);
     }
 
     /// Sends what is due (resync and snapshot) and writes the queue until it is empty,
@@ -165,7 +183,7 @@ impl Client {
                     if missed > 0 {
                         tracing::warn!(missed, "live client fell behind; sending resync");
                         self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                        let resync = messages::ws_text_frame(&messages::resync(missed));
+                        let resync = ws_text_frame(&messages::resync(missed));
                         self.push(&mut out, &resync, None);
                     }
                     self.send_snapshot(&mut out, hub);
@@ -221,7 +239,7 @@ impl Client {
             let keep = usize::from(out.head_sent > 0);
             out.queue.truncate(keep);
             out.snapshot_due = None;
-            let frame = messages::ws_frame(Frame::close(Some(CloseFrame {
+            let frame = ws_frame(Frame::close(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             })));
@@ -258,7 +276,7 @@ impl Sink for Client {
             self.wake.notify_one();
             return true;
         }
-        self.push(&mut out, &rendered.frame, Some(event.origin));
+        self.push(&mut out, rendered.wire(ws_text_frame), Some(event.origin));
         true
     }
 

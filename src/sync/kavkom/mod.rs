@@ -4,7 +4,7 @@
 //!
 //! Parts: [`client`] (REST client: token, rate limit, retries), [`map`] (lenient item →
 //! `CallRecord`), [`sync`] (paged history sync with watermark), [`active`] (active-call
-//! poller), [`http`] (routes), [`store`] (its SQL).
+//! poller), [`store`] (its SQL). The `/kavkom/...` routes are in `http::kavkom`.
 //!
 //! On when `KAVKOM_API_TOKEN` is set. Without `KAVKOM_DOMAIN_UUID` the adapter stays up
 //! but idle: its routes and the CLI answer with [`client::DOMAIN_HINT`], which says where to
@@ -12,7 +12,6 @@
 
 pub mod active;
 pub mod client;
-pub mod http;
 pub mod map;
 pub mod store;
 pub mod sync;
@@ -22,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{ClientOptions, KavkomClient, KavkomError};
@@ -31,7 +29,6 @@ pub use sync::{SyncOptions, SyncRequest};
 use crate::calls::Source;
 use crate::config::{Secret, Settings};
 use crate::db::Db;
-use crate::http::AppState;
 use crate::live::Hub;
 use crate::supervisor::{Attempt, Supervisor, TaskSpec};
 use crate::sync::SyncReport;
@@ -277,11 +274,6 @@ async fn sync_loop(k: Arc<Kavkom>, every: Duration, cancel: CancellationToken) {
     }
 }
 
-/// The adapter's HTTP routes (`/kavkom/...`); behind the token middleware.
-pub fn router() -> Router<AppState> {
-    http::router()
-}
-
 /// `pbxbridge sync kavkom --from --to [--extension]`: one sync, with a progress bar. Returns the exit code.
 ///
 /// `--from`/`--to`: `YYYY-MM-DD` (midnight UTC) or RFC 3339; default from the watermark to
@@ -306,10 +298,8 @@ pub async fn cli_sync(
         return Ok(2);
     }
     let time = |name: &str, v: Option<String>| -> anyhow::Result<_> {
-        v.map(|v| {
-            crate::http::calls::parse_time_param(name, &v).map_err(|e| anyhow::anyhow!("{e}"))
-        })
-        .transpose()
+        v.map(|v| crate::calls::params::parse_time(name, &v).map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
     };
     let req = SyncRequest {
         from: time("--from", from)?,

@@ -6,13 +6,13 @@
 //! - `sync`: the history sync (watermark, overlap, newest-first paging, resume).
 //! - `active`: the `Status.getCalls` poll.
 //! - `recordings`: matching, downloading and caching recordings.
-//! - `http`: the `/kerio/...` routes.
+//!
+//! The `/kerio/...` routes are in `http::kerio`.
 //!
 //! The adapter is on when `KERIO_PBX_HOST` or `KERIO_API_URL` is set.
 
 pub mod active;
 pub mod client;
-pub mod http;
 pub mod map;
 pub mod recordings;
 pub mod store;
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +32,6 @@ pub use sync::SyncRange;
 use crate::calls::tracker::AgentMatcher;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::http::AppState;
 use crate::live::Hub;
 use crate::supervisor::{Attempt, Supervisor, TaskSpec};
 
@@ -191,11 +189,6 @@ pub fn spawn(
     }
 }
 
-/// The adapter's HTTP routes (`/kerio/...`); behind the token middleware.
-pub fn router() -> Router<AppState> {
-    http::router()
-}
-
 /// `pbxbridge sync kerio --from --to [--extension]`: one sync, with a progress bar. Without
 /// `--from`/`--to`/`--extension`, a scheduled-style run from the stored watermark. Returns
 /// the exit code (0 ok, 1 sync failed).
@@ -205,7 +198,7 @@ pub async fn cli_sync(
     to: Option<String>,
     extension: Option<String>,
 ) -> anyhow::Result<i32> {
-    let range = http::parse_range(
+    let range = sync::parse_range(
         from.as_deref(),
         to.as_deref(),
         extension.as_deref(),

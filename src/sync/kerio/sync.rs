@@ -20,6 +20,7 @@ use super::Kerio;
 use super::client::KerioError;
 use super::map;
 use super::store::clear_state;
+use crate::calls::params::{BadParam, parse_time};
 use crate::calls::store::upsert_one;
 use crate::db::watermark::{get_watermark, set_watermark};
 use crate::sync::SyncReport;
@@ -56,6 +57,57 @@ impl SyncRange {
     fn is_scheduled(&self) -> bool {
         self.from.is_none() && self.to.is_none() && self.extension.is_none()
     }
+}
+
+/// Parses the range of `POST /kerio/sync` / `pbxbridge sync kerio`. `endDate` given as a bare
+/// date (`YYYY-MM-DD`) includes that whole day (UTC).
+pub fn parse_range(
+    start: Option<&str>,
+    end: Option<&str>,
+    extension: Option<&str>,
+    names: [&str; 2],
+) -> Result<SyncRange, BadParam> {
+    let from = start
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time(names[0], s))
+        .transpose()?;
+    let to = end
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            parse_time(names[1], s).map(|t| {
+                if s.len() == 10 {
+                    t + chrono::Duration::days(1)
+                } else {
+                    t
+                }
+            })
+        })
+        .transpose()?;
+    if let (Some(a), Some(b)) = (from, to)
+        && b <= a
+    {
+        return Err(BadParam::new(
+            names[1],
+            format!("{} must be after {}", names[1], names[0]),
+        ));
+    }
+    let extension = extension.map(str::trim).filter(|e| !e.is_empty());
+    if let Some(e) = extension
+        && (e.len() > 32
+            || !e
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+*#-_".contains(c)))
+    {
+        return Err(BadParam::new(
+            "extension",
+            format!("extension must be a phone extension, got {e:?}"),
+        ));
+    }
+    Ok(SyncRange {
+        from,
+        to,
+        extension: extension.map(str::to_string),
+    })
 }
 
 /// Progress callback: (items fetched so far, total announced by the appliance so far).

@@ -1,4 +1,5 @@
-//! `/extensions` routes: CRUD (changes need the admin role), lookup by number, and the
+//! `/extensions` routes (the HTTP side of [`crate::extensions`], which holds the model,
+//! validation, storage and provisioning these handlers call): CRUD (changes need the admin role), lookup by number, and the
 //! registration status from Asterisk. Bodies are read as bytes and validated field by field
 //! (400 when not a JSON object, 422 naming the field, 409 on a duplicate number). After each
 //! committed change the provisioner is woken.
@@ -14,19 +15,19 @@ use axum::{Extension as Ext, Json, Router};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::model::{Extension, Provisioning};
-use super::password::{generate_password, password_digest};
-use super::store;
-use super::validate::{self, ExtensionInput};
+use super::AppState;
+use super::auth::Principal;
+use super::calls::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::error::ApiError;
 use crate::ami::AmiError;
 use crate::ari::AriError;
 use crate::db::{DbError, format_time};
-use crate::http::AppState;
-use crate::http::auth::Principal;
-use crate::http::calls::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::http::error::ApiError;
+use crate::extensions::model::{Extension, Provisioning};
+use crate::extensions::password::{generate_password, password_digest};
+use crate::extensions::store;
+use crate::extensions::validate::{self, ExtensionInput};
 
-/// The routes.
+/// The routes; behind the token middleware.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/extensions", get(list).post(create))

@@ -1,4 +1,5 @@
-//! HTTP routes of the Kavkom adapter (behind the token middleware):
+//! HTTP routes of the Kavkom adapter (behind the token middleware), the HTTP side of
+//! [`crate::sync::kavkom`] (client, sync and recordings these handlers call):
 //! - `GET /kavkom/auth/verify`: checks token and domain with Kavkom → `{"ok": true, "domainUuid"}`.
 //! - `POST /kavkom/sync?startDate&endDate&extension` (admin): one sync now → the
 //!   [`SyncReport`](crate::sync::SyncReport) as JSON; 409 when a sync is already running.
@@ -22,14 +23,14 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Kavkom;
-use super::client::KavkomError;
-use super::sync::SyncRequest;
+use super::AppState;
+use super::auth::Principal;
+use super::calls::parse_time_param;
+use super::error::ApiError;
 use crate::calls::Source;
-use crate::http::AppState;
-use crate::http::auth::Principal;
-use crate::http::calls::parse_time_param;
-use crate::http::error::ApiError;
+use crate::sync::kavkom::Kavkom;
+use crate::sync::kavkom::client::KavkomError;
+use crate::sync::kavkom::sync::SyncRequest;
 
 /// The routes (see the module doc).
 pub fn router() -> Router<AppState> {
@@ -63,9 +64,9 @@ fn adapter(state: &AppState) -> Result<&Arc<Kavkom>, ApiError> {
 
 async fn verify(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let k = adapter(&state)?;
-    k.client.verify().await?;
+    k.client().verify().await?;
     Ok(Json(
-        json!({ "ok": true, "domainUuid": k.client.domain()?, "apiUrl": k.client.base() }),
+        json!({ "ok": true, "domainUuid": k.client().domain()?, "apiUrl": k.client().base() }),
     ))
 }
 
@@ -164,7 +165,7 @@ async fn click_to_call(
     let extension = field(&body.extension, "extension")?;
     let number = field(&body.number, "number")?;
     let k = adapter(&state)?;
-    let message = k.client.click_to_call(&extension, &number).await?;
+    let message = k.client().click_to_call(&extension, &number).await?;
     tracing::info!(%extension, %number, by = %principal.name, "Kavkom click-to-call placed");
     Ok(Json(
         json!({ "ok": true, "message": message, "extension": extension, "number": number }),

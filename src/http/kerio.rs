@@ -1,4 +1,6 @@
-//! `/kerio/...` routes (behind the token middleware):
+//! `/kerio/...` routes (behind the token middleware), the HTTP side of the Kerio Operator
+//! adapter ([`crate::sync::kerio`], which holds the client, the sync and the recordings these
+//! handlers call):
 //! - `GET /kerio/auth/verify`: logs in to the appliance now; `{"ok": true, "endpoint", "user"}`,
 //!   or 502 with the appliance's error.
 //! - `POST /kerio/sync?startDate&endDate&extension` (admin): one history sync now; without
@@ -19,17 +21,16 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
-use super::Kerio;
-use super::client::KerioError;
-use super::sync::SyncRange;
+use super::AppState;
+use super::auth::Principal;
+use super::error::ApiError;
 use crate::calls::Source;
 use crate::calls::store;
-use crate::http::AppState;
-use crate::http::auth::Principal;
-use crate::http::calls::parse_time_param;
-use crate::http::error::ApiError;
+use crate::sync::kerio::Kerio;
+use crate::sync::kerio::client::KerioError;
+use crate::sync::kerio::sync::parse_range;
 
-/// The routes.
+/// The routes; behind the token middleware.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/kerio/auth/verify", get(verify))
@@ -58,63 +59,12 @@ fn upstream(e: KerioError) -> ApiError {
 
 async fn verify(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let kerio = adapter(&state)?;
-    kerio.client.login().await.map_err(upstream)?;
+    kerio.client().login().await.map_err(upstream)?;
     Ok(Json(json!({
         "ok": true,
-        "endpoint": kerio.client.endpoint().as_str(),
-        "user": kerio.client.username(),
+        "endpoint": kerio.client().endpoint().as_str(),
+        "user": kerio.client().username(),
     })))
-}
-
-/// Parses the range of `POST /kerio/sync` / `pbxbridge sync kerio`. `endDate` given as a bare
-/// date (`YYYY-MM-DD`) includes that whole day (UTC).
-pub fn parse_range(
-    start: Option<&str>,
-    end: Option<&str>,
-    extension: Option<&str>,
-    names: [&str; 2],
-) -> Result<SyncRange, ApiError> {
-    let from = start
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_time_param(names[0], s))
-        .transpose()?;
-    let to = end
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            parse_time_param(names[1], s).map(|t| {
-                if s.len() == 10 {
-                    t + chrono::Duration::days(1)
-                } else {
-                    t
-                }
-            })
-        })
-        .transpose()?;
-    if let (Some(a), Some(b)) = (from, to)
-        && b <= a
-    {
-        return Err(ApiError::bad_param(
-            names[1],
-            format!("{} must be after {}", names[1], names[0]),
-        ));
-    }
-    let extension = extension.map(str::trim).filter(|e| !e.is_empty());
-    if let Some(e) = extension
-        && (e.len() > 32
-            || !e
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+*#-_".contains(c)))
-    {
-        return Err(ApiError::bad_param(
-            "extension",
-            format!("extension must be a phone extension, got {e:?}"),
-        ));
-    }
-    Ok(SyncRange {
-        from,
-        to,
-        extension: extension.map(str::to_string),
-    })
 }
 
 async fn sync_now(
