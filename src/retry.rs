@@ -1,8 +1,8 @@
 //! The one retry policy of the daemon: exponential backoff with jitter (`backon`).
 //!
 //! Every loop that waits before trying again (the ARI events connection and its resync, the
-//! AMI connection, the call writer, the supervisor's restarts) builds its delays here, each
-//! with its own first and largest delay. Domain-agnostic: imports nothing from the crate.
+//! AMI connection, the call writer, the supervisor's restarts, the Kerio and Kavkom clients)
+//! builds its delays here, each with its own first and largest delay. Domain-agnostic: imports nothing from the crate.
 
 use std::time::Duration;
 

@@ -14,10 +14,76 @@
 //! - `status`: answered; else the final Dial statuses (missed before busy before failed);
 //!   else `DIALSTATUS`; else the hangup cause ([`status_of_cause`]).
 
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
 use chrono::{DateTime, Utc};
+use regex::Regex;
 
 use super::model::{CallRecord, CallState, CallStatus, Direction};
-use super::tracker::{AgentMatcher, status_of_cause, status_of_dialstatus};
+
+/// Decides whether an endpoint name is an agent extension: it is in the extensions table,
+/// or it matches `EXTENSION_PATTERN`.
+#[derive(Clone, Debug)]
+pub struct AgentMatcher {
+    pattern: Regex,
+    known: Arc<RwLock<HashSet<String>>>,
+}
+
+impl AgentMatcher {
+    /// A matcher with the given pattern and no known extensions yet.
+    pub fn new(pattern: Regex) -> Self {
+        AgentMatcher {
+            pattern,
+            known: Arc::default(),
+        }
+    }
+
+    /// True when `resource` (an endpoint name such as `1001`) is an agent extension.
+    pub fn is_agent(&self, resource: &str) -> bool {
+        if self.pattern.is_match(resource) {
+            return true;
+        }
+        self.known
+            .read()
+            .map(|k| k.contains(resource))
+            .unwrap_or(false)
+    }
+
+    /// Replaces the set of extensions known from the database.
+    pub fn set_known(&self, extensions: impl IntoIterator<Item = String>) {
+        if let Ok(mut k) = self.known.write() {
+            *k = extensions.into_iter().collect();
+        }
+    }
+}
+
+impl Default for AgentMatcher {
+    fn default() -> Self {
+        AgentMatcher::new(Regex::new(r"^[0-9]{2,6}$").expect("valid default pattern"))
+    }
+}
+
+/// Outcome of a `DIALSTATUS` value.
+pub fn status_of_dialstatus(ds: &str) -> CallStatus {
+    match ds {
+        "ANSWER" => CallStatus::Answered,
+        "NOANSWER" | "CANCEL" => CallStatus::Missed,
+        "BUSY" => CallStatus::Busy,
+        _ => CallStatus::Failed,
+    }
+}
+
+/// Outcome of a Q.850 hangup cause when nothing better is known: 17 user busy and 21 call
+/// rejected are busy; unreachable and congestion-like causes are failed; the rest (16 normal
+/// clearing, 0, 18, 19, 127 caller gave up, ...) are missed.
+pub fn status_of_cause(cause: i64) -> CallStatus {
+    match cause {
+        17 | 21 => CallStatus::Busy,
+        1 | 2 | 3 | 20 | 22 | 27 | 28 | 34 | 38 | 41 | 42 | 44 | 47 | 58 | 88 => CallStatus::Failed,
+        _ => CallStatus::Missed,
+    }
+}
 
 /// Technology and resource of a channel name (`PJSIP/1001-00000017` → (`PJSIP`, `1001`)).
 /// Re-exported from the ARI models so that the CEL side reads channel names the same way.

@@ -43,57 +43,14 @@
 //! by `replay`, and its output goes to the writer and the live hub.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use regex::Regex;
 
-use super::model::{CallRecord, CallStatus, Direction, Source};
+use super::model::{CallRecord, Direction, Source};
 use super::rules::{self, Ending, Facts, Finals};
+pub use super::rules::{AgentMatcher, status_of_cause, status_of_dialstatus};
 use crate::ari::events::Event;
 use crate::ari::models::{Bridge, Channel};
-
-/// Decides whether an endpoint name is an agent extension: it is in the extensions table,
-/// or it matches `EXTENSION_PATTERN`.
-#[derive(Clone, Debug)]
-pub struct AgentMatcher {
-    pattern: Regex,
-    known: Arc<RwLock<HashSet<String>>>,
-}
-
-impl AgentMatcher {
-    /// A matcher with the given pattern and no known extensions yet.
-    pub fn new(pattern: Regex) -> Self {
-        AgentMatcher {
-            pattern,
-            known: Arc::default(),
-        }
-    }
-
-    /// True when `resource` (an endpoint name such as `1001`) is an agent extension.
-    pub fn is_agent(&self, resource: &str) -> bool {
-        if self.pattern.is_match(resource) {
-            return true;
-        }
-        self.known
-            .read()
-            .map(|k| k.contains(resource))
-            .unwrap_or(false)
-    }
-
-    /// Replaces the set of extensions known from the database.
-    pub fn set_known(&self, extensions: impl IntoIterator<Item = String>) {
-        if let Ok(mut k) = self.known.write() {
-            *k = extensions.into_iter().collect();
-        }
-    }
-}
-
-impl Default for AgentMatcher {
-    fn default() -> Self {
-        AgentMatcher::new(Regex::new(r"^[0-9]{2,6}$").expect("valid default pattern"))
-    }
-}
 
 /// What changed in a call, most significant first when several happen at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -802,27 +759,6 @@ fn finish(call: &mut LiveCall) {
     rules::finish(&mut call.rec, &ending);
 }
 
-/// Outcome of a `DIALSTATUS` value.
-pub fn status_of_dialstatus(ds: &str) -> CallStatus {
-    match ds {
-        "ANSWER" => CallStatus::Answered,
-        "NOANSWER" | "CANCEL" => CallStatus::Missed,
-        "BUSY" => CallStatus::Busy,
-        _ => CallStatus::Failed,
-    }
-}
-
-/// Outcome of a Q.850 hangup cause when nothing better is known: 17 user busy and 21 call
-/// rejected are busy; unreachable and congestion-like causes are failed; the rest (16 normal
-/// clearing, 0, 18, 19, 127 caller gave up, ...) are missed.
-pub fn status_of_cause(cause: i64) -> CallStatus {
-    match cause {
-        17 | 21 => CallStatus::Busy,
-        1 | 2 | 3 | 20 | 22 | 27 | 28 | 34 | 38 | 41 | 42 | 44 | 47 | 58 | 88 => CallStatus::Failed,
-        _ => CallStatus::Missed,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The transfer captures through the tracker: the records must be those of the
@@ -834,6 +770,7 @@ mod tests {
 
     use super::*;
     use crate::ari::events::parse;
+    use crate::calls::CallStatus;
     use crate::calls::ingest::Pipeline;
 
     const CUSTOMER: &str = "1796180534.51";

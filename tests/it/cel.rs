@@ -728,6 +728,13 @@ async fn cel_task_backfills_at_start_and_after_ari_reconnect() {
             &recs,
             &shift_expected(&expected("inbound-busy"), shift),
         );
+        // The watermark moves once the run's records are committed: wait for it.
+        for _ in 0..200 {
+            if mark().await > Some(first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(mark().await > Some(first), "{b}");
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -326,11 +326,8 @@ impl KavkomClient {
         body: Option<&Value>,
         with_token: bool,
     ) -> Result<reqwest::Response, KavkomError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.backoff_min)
-            .with_max_delay(self.options.backoff_max)
-            .with_max_times(self.options.retries)
-            .with_jitter();
+        let backoff = crate::retry::exponential(self.options.backoff_min, self.options.backoff_max)
+            .with_max_times(self.options.retries);
         let max_wait = self.options.max_retry_after;
         (|| self.attempt(&method, url, path, query, body, with_token))
             .retry(backoff)

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use reqwest::Url;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -365,12 +365,10 @@ impl KerioClient {
         params: &Value,
         token: Option<&Secret>,
     ) -> Result<Value, KerioError> {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.options.backoff_min)
-            .with_max_delay(self.options.backoff_max)
-            .with_jitter()
-            .with_max_times(self.options.attempts.saturating_sub(1))
-            .build();
+        let mut delays =
+            crate::retry::exponential(self.options.backoff_min, self.options.backoff_max)
+                .with_max_times(self.options.attempts.saturating_sub(1))
+                .build();
         loop {
             match self.send_once(method, params, token).await {
                 Err(e) if e.is_transient() => match delays.next() {
