@@ -68,6 +68,7 @@ impl Running {
 
 /// Connects the database (applying migrations), binds the API and starts every task.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    settings.validate().map_err(anyhow::Error::msg)?;
     let settings = Arc::new(settings);
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await

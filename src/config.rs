@@ -52,6 +52,28 @@ impl FromStr for Secret {
     }
 }
 
+/// The shortest `JWT_SECRET` accepted, in bytes (256 bits, the HS256 key size).
+pub const MIN_JWT_SECRET: usize = 32;
+
+impl Settings {
+    /// Checks what clap cannot without echoing a secret in its error: `JWT_SECRET`, when
+    /// set, is at least [`MIN_JWT_SECRET`] bytes (a short or empty key lets anyone forge
+    /// login tokens).
+    ///
+    /// Errors: one line naming the setting, never its value (the binary exits 2 with it).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.expose().len() < MIN_JWT_SECRET
+        {
+            return Err(format!(
+                "JWT_SECRET must be at least {MIN_JWT_SECRET} bytes (got {}); generate one with `openssl rand -base64 48`",
+                secret.expose().len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A comma-separated list of secrets (`API_TOKENS`). Empty items are dropped.
 #[derive(Clone, Default, Debug)]
 pub struct SecretList(pub Vec<Secret>);
@@ -318,7 +340,8 @@ pub struct PjsipSettings {
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Users and browsers")]
 pub struct AuthSettings {
-    /// Secret that signs login JWTs (HS256); required once users exist.
+    /// Secret that signs login JWTs (HS256); required once users exist. At least
+    /// [`MIN_JWT_SECRET`] bytes: a short key lets tokens be forged by brute force.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<Secret>,
     /// Lifetime of a login JWT, in seconds.

@@ -12,6 +12,10 @@ async fn main() {
         std::process::exit(2);
     }
     let cli = pbxbridge::cli::Cli::parse();
+    if let Err(e) = cli.settings.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     pbxbridge::logging::init(cli.settings.core.log_format);
     match pbxbridge::cli::run(cli).await {
         Ok(code) => std::process::exit(code),

@@ -154,13 +154,28 @@ const CSV_HEADER: [&str; 19] = [
     "label",
 ];
 
+/// A CSV cell made safe for spreadsheets (formula injection, OWASP "CSV Injection"): a cell
+/// that Excel or LibreOffice would read as a formula (starting with `=`, `@`, a tab or a
+/// carriage return; or `+`/`-` followed by anything but a plain number such as
+/// `+998901234567`) gets a leading `'`, so it shows as text. Caller names and numbers come
+/// from outside (the carrier), so every text cell goes through here.
+fn neutralize(cell: String) -> String {
+    let mut chars = cell.chars();
+    let risky = match chars.next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => !chars.all(|c| c.is_ascii_digit() || " ().-".contains(c)),
+        _ => false,
+    };
+    if risky { format!("'{cell}") } else { cell }
+}
+
 fn csv_row(r: &crate::calls::CallRecord, locale: crate::config::Locale) -> Vec<String> {
     use crate::db::format_time;
-    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    let o = |v: &Option<String>| neutralize(v.clone().unwrap_or_default());
     vec![
         r.id.to_string(),
         r.source.as_str().into(),
-        r.call_id.clone(),
+        neutralize(r.call_id.clone()),
         r.direction.as_str().into(),
         o(&r.from_number),
         o(&r.to_number),
@@ -288,4 +303,33 @@ async fn active(State(state): State<AppState>) -> Json<Value> {
         .map(|r| r.to_json(state.settings.core.ui_locale, now))
         .collect();
     Json(json!({ "items": items, "total": items.len() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutralize;
+
+    #[test]
+    fn csv_cells_that_would_be_formulas_are_neutralised() {
+        for bad in [
+            "=HYPERLINK(\"http://x\")",
+            "@SUM(A1)",
+            "+cmd|' /C calc'!A0",
+            "-2+3",
+            "\t=1",
+            "\r=1",
+        ] {
+            assert_eq!(neutralize(bad.into()), format!("'{bad}"), "{bad:?}");
+        }
+        for ok in [
+            "+998901234567",
+            "-12",
+            "+1 (555) 010-9999",
+            "1001",
+            "Aziza",
+            "",
+        ] {
+            assert_eq!(neutralize(ok.into()), ok, "{ok:?}");
+        }
+    }
 }

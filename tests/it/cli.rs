@@ -36,6 +36,18 @@ fn malformed_setting_exits_2_naming_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXTENSION_PATTERN"));
+    // A short JWT_SECRET is refused, and its value is not echoed.
+    let out = pbxbridge()
+        .env("JWT_SECRET", "short-Zq9")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JWT_SECRET") && !err.contains("short-Zq9"),
+        "{err}"
+    );
 }
 
 #[test]

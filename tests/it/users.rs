@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::{self, TestDb};
 
-const SECRET: &str = "jwt-secret-for-tests-0123456789";
+const SECRET: &str = "jwt-secret-for-tests-0123456789abcdef";
 
 /// GET `path` with the machine token, as JSON.
 async fn machine_json(base: &str, path: &str) -> Value {
