@@ -74,6 +74,38 @@ impl Settings {
     }
 }
 
+/// `DATABASE_URL`: it may hold a password, so `Debug` and `Display` show it redacted
+/// ([`redact_url`]); the URL itself is reached through `Deref` (`&str`) where a connection
+/// needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_string()))
+    }
+}
+
 /// A comma-separated list of secrets (`API_TOKENS`). Empty items are dropped.
 #[derive(Clone, Default, Debug)]
 pub struct SecretList(pub Vec<Secret>);
@@ -168,9 +200,10 @@ pub struct CoreSettings {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://pbxbridge.db",
+        hide_env_values = true,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Address the HTTP API listens on.
     #[arg(
         long,
@@ -464,6 +497,14 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_url_debug_and_display_hide_the_password() {
+        let url: DatabaseUrl = "postgres://pbx:db-pass@127.0.0.1:5432/pbx".parse().unwrap();
+        assert!(!format!("{url:?}").contains("db-pass"));
+        assert!(!url.to_string().contains("db-pass"));
+        assert_eq!(&*url, "postgres://pbx:db-pass@127.0.0.1:5432/pbx");
+    }
 
     #[test]
     fn urls_are_redacted() {

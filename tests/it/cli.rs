@@ -55,6 +55,12 @@ fn help_lists_settings_without_secret_values() {
     let out = pbxbridge()
         .env("ARI_PASSWORD", "s3cret-value")
         .env("API_TOKENS", "tok-value")
+        .env("DATABASE_URL", "postgres://pbx:db-pass-value@127.0.0.1/pbx")
+        .env(
+            "ASTERISK_CEL_URL",
+            "postgres://cel:cel-pass-value@127.0.0.1/asterisk",
+        )
+        .env("JWT_SECRET", "jwt-secret-value-0123456789abcdef0123")
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -74,7 +80,15 @@ fn help_lists_settings_without_secret_values() {
     ] {
         assert!(help.contains(name), "{name} missing from help");
     }
-    assert!(!help.contains("s3cret-value") && !help.contains("tok-value"));
+    for secret in [
+        "s3cret-value",
+        "tok-value",
+        "db-pass-value",
+        "cel-pass-value",
+        "jwt-secret-value",
+    ] {
+        assert!(!help.contains(secret), "{secret} shown in --help");
+    }
 }
 
 #[test]
