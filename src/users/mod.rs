@@ -92,3 +92,46 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
             .is_ok()
     })
 }
+
+/// An argon2id hash of a random password, made once: checked instead when a login names no
+/// known user, so that an unknown username costs what a wrong password does (no user
+/// enumeration by timing).
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        let random = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(random.as_str().as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Checks a login's password against the user's stored hash (`None`: no such user) on a
+/// blocking thread, since argon2 takes tens of milliseconds of CPU and must not stall the
+/// async runtime (live fan-out, ARI ingest). Without a user the dummy hash is checked, so
+/// both failures take as long. True only for a known user with the right password.
+pub async fn verify_login(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let dummy = dummy_hash();
+        let matched = verify_password(&password, hash.as_deref().unwrap_or(dummy));
+        matched && hash.is_some()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn verify_login_takes_the_right_password_of_a_known_user_only() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(verify_login("correct horse".into(), Some(hash.clone())).await);
+        assert!(!verify_login("wrong horse!".into(), Some(hash)).await);
+        assert!(!verify_login("correct horse".into(), None).await);
+        assert!(!verify_login(String::new(), None).await);
+    }
+}
