@@ -72,7 +72,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let settings = Arc::new(settings);
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
-        .with_context(|| format!("database {}", redact_url(&settings.core.database_url)))?;
+        .with_context(|| format!("database {}", settings.core.database_url))?;
     if settings.core.api_tokens.0.is_empty() {
         tracing::warn!("API_TOKENS is empty: every API route but /health will answer 401");
     }

@@ -333,12 +333,7 @@ async fn backfill(
     } else {
         let db = Db::connect_and_migrate(&settings.core.database_url)
             .await
-            .with_context(|| {
-                format!(
-                    "database {}",
-                    crate::config::redact_url(&settings.core.database_url)
-                )
-            })?;
+            .with_context(|| format!("database {}", settings.core.database_url))?;
         agents.set_known(
             crate::extensions::store::all(&db)
                 .await?

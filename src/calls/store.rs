@@ -17,22 +17,34 @@ const COLUMNS: &str = "id, source, external_id, direction, from_number, to_numbe
     hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
     origin, transferred_to";
 
-const UPSERT: &str = "INSERT INTO calls (id, source, external_id, direction, from_number, to_number, extension, \
+/// The columns an upsert replaces when the call is already stored (all but `id`, `source`,
+/// `external_id` and `created_at`; a recording path or raw item is never erased): one list
+/// for the live [`upsert_many`] and the backfill's [`fill_gaps`].
+macro_rules! update_set {
+    () => {
+        "direction = excluded.direction, from_number = excluded.from_number, \
+    to_number = excluded.to_number, extension = excluded.extension, start_time = excluded.start_time, \
+    answer_time = excluded.answer_time, end_time = excluded.end_time, duration = excluded.duration, \
+    billsec = excluded.billsec, state = excluded.state, status = excluded.status, \
+    hangup_cause = excluded.hangup_cause, hangup_cause_text = excluded.hangup_cause_text, \
+    dial_status = excluded.dial_status, \
+    recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
+    voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
+    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at, \
+    origin = excluded.origin, transferred_to = excluded.transferred_to"
+    };
+}
+
+const UPSERT: &str = concat!(
+    "INSERT INTO calls (id, source, external_id, direction, from_number, to_number, extension, \
     start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
     hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
     origin, transferred_to) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
-    ON CONFLICT (source, external_id) DO UPDATE SET \
-    direction = excluded.direction, from_number = excluded.from_number, to_number = excluded.to_number, \
-    extension = excluded.extension, start_time = excluded.start_time, answer_time = excluded.answer_time, \
-    end_time = excluded.end_time, duration = excluded.duration, billsec = excluded.billsec, \
-    state = excluded.state, status = excluded.status, hangup_cause = excluded.hangup_cause, \
-    hangup_cause_text = excluded.hangup_cause_text, dial_status = excluded.dial_status, \
-    recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
-    voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
-    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at, \
-    origin = excluded.origin, transferred_to = excluded.transferred_to \
-    WHERE COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed";
+    ON CONFLICT (source, external_id) DO UPDATE SET ",
+    update_set!(),
+    " WHERE COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed"
+);
 
 /// Filters and paging of `GET /calls` (all optional; times compare with `start_time`).
 #[derive(Clone, Debug, Default)]
@@ -107,16 +119,7 @@ pub struct GapFill {
 /// Columns set from the new record when [`fill_gaps`] replaces a row (all but `id` and
 /// `created_at`; `recording_path` and `raw` are kept when the new record has none), as in
 /// the live upsert.
-const FILL_SET: &str = "direction = excluded.direction, from_number = excluded.from_number, \
-    to_number = excluded.to_number, extension = excluded.extension, start_time = excluded.start_time, \
-    answer_time = excluded.answer_time, end_time = excluded.end_time, duration = excluded.duration, \
-    billsec = excluded.billsec, state = excluded.state, status = excluded.status, \
-    hangup_cause = excluded.hangup_cause, hangup_cause_text = excluded.hangup_cause_text, \
-    dial_status = excluded.dial_status, \
-    recording_path = COALESCE(excluded.recording_path, calls.recording_path), \
-    voicemail = excluded.voicemail, reconstructed = excluded.reconstructed, \
-    raw = COALESCE(excluded.raw, calls.raw), updated_at = excluded.updated_at, \
-    origin = excluded.origin, transferred_to = excluded.transferred_to";
+const FILL_SET: &str = update_set!();
 
 /// Records per statement in [`fill_gaps`] (25 parameters each: 12,500 per statement, under
 /// SQLite's 32,766 and PostgreSQL's 65,535).

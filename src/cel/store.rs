@@ -178,29 +178,21 @@ impl CelStore {
             reason,
         };
         // Columns of the cel table, with their types (PostgreSQL).
-        let cols: Vec<(String, String)> = if sqlite {
-            sqlx::query("SELECT name, COALESCE(type, '') AS type FROM pragma_table_info('cel')")
-                .fetch_all(&pool)
-                .await
-                .map_err(connect_err)?
-                .iter()
-                .map(|r| Ok((r.try_get("name")?, r.try_get("type")?)))
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(connect_err)?
+        let columns_sql = if sqlite {
+            "SELECT name, COALESCE(type, '') AS type FROM pragma_table_info('cel')"
         } else {
-            sqlx::query(
-                "SELECT CAST(column_name AS TEXT) AS name, CAST(data_type AS TEXT) AS type \
-                 FROM information_schema.columns \
-                 WHERE table_name = 'cel' AND table_schema = current_schema()",
-            )
+            "SELECT CAST(column_name AS TEXT) AS name, CAST(data_type AS TEXT) AS type \
+             FROM information_schema.columns \
+             WHERE table_name = 'cel' AND table_schema = current_schema()"
+        };
+        let cols: Vec<(String, String)> = sqlx::query(columns_sql)
             .fetch_all(&pool)
             .await
             .map_err(connect_err)?
             .iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("type")?)))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(connect_err)?
-        };
+            .map_err(connect_err)?;
         if cols.is_empty() {
             return Err(schema(
                 "no table `cel` (create it with asterisk-conf/cel-pgsql.sql, or let \

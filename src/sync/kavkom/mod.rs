@@ -311,12 +311,7 @@ pub async fn cli_sync(
     }
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
-        .with_context(|| {
-            format!(
-                "database {}",
-                crate::config::redact_url(&settings.core.database_url)
-            )
-        })?;
+        .with_context(|| format!("database {}", settings.core.database_url))?;
     let k = Kavkom::with_options(
         Arc::new(settings.clone()),
         token,

@@ -207,12 +207,7 @@ pub async fn cli_sync(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
-        .with_context(|| {
-            format!(
-                "database {}",
-                crate::config::redact_url(&settings.core.database_url)
-            )
-        })?;
+        .with_context(|| format!("database {}", settings.core.database_url))?;
     let kerio = Kerio::new(settings, db, Options::from_settings(settings))?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
