@@ -8,6 +8,8 @@
 //! | `pipeline`: parser, tracker, outputs | yes | after `ari`, once the queued frames are processed |
 //! | `writer`: call records into the database | yes | after `pipeline`, once its queue is written |
 //! | `stasis`: Stasis hand-back | no | after `pipeline` |
+//! | `control`: call control's Stasis channels (click-to-call, recordings, transfers) | no | after `stasis` |
+//! | `recorder`: automatic recording of answered calls (`RECORD_CALLS`, click-to-call `record`) | no | at once |
 //! | `cel` (when ASTERISK_CEL_URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
 //! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
 //! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
@@ -157,14 +159,41 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 .take();
         });
     }
+    // Call control: the Stasis channels it owns are diverted to it from the hand-back.
+    let control = Arc::new(crate::control::Control::new(
+        client.clone(),
+        db.clone(),
+        agents.clone(),
+        settings.control.clone(),
+        crate::sync::recording::cache_dir(settings.core.recordings_dir.as_deref()),
+    ));
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let divert = stasis::Divert {
+        claims: crate::control::plan::claims,
+        tx: control_tx,
+    };
     let stasis_rx = Arc::new(Mutex::new(stasis_rx));
-    supervisor.register(
+    let stasis_task = supervisor.register(
         TaskSpec::new("stasis").stop_after(&pipeline),
         move |a: Attempt| {
-            let (client, rx) = (client.clone(), stasis_rx.clone());
-            async move { stasis::run(client, &mut *rx.lock().await, a.cancel).await }
+            let (client, rx, divert) = (client.clone(), stasis_rx.clone(), divert.clone());
+            async move { stasis::run(client, &mut *rx.lock().await, Some(divert), a.cancel).await }
         },
     );
+    {
+        let (ctl, rx) = (control.clone(), Arc::new(Mutex::new(control_rx)));
+        supervisor.register(
+            TaskSpec::new("control").stop_after(&stasis_task),
+            move |a: Attempt| {
+                let (control, rx) = (ctl.clone(), rx.clone());
+                async move { control.run(&mut *rx.lock().await, a.cancel).await }
+            },
+        );
+        let (ctl, hub) = (control.clone(), hub.clone());
+        supervisor.register(TaskSpec::new("recorder"), move |a: Attempt| {
+            ctl.clone().run_recorder(hub.clone(), a.cancel)
+        });
+    }
     {
         let db = db.clone();
         supervisor.register(
@@ -214,6 +243,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         shutdown: cancel.clone(),
         extensions: Some(provisioner),
         tasks: supervisor.statuses(),
+        control: Some(control),
     };
     if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
         tracing::error!(

@@ -189,6 +189,8 @@ pub struct Settings {
     pub kerio: KerioSettings,
     #[command(flatten)]
     pub kavkom: KavkomSettings,
+    #[command(flatten)]
+    pub control: ControlSettings,
 }
 
 /// Database, HTTP API and logging.
@@ -367,6 +369,80 @@ pub struct PjsipSettings {
         global = true
     )]
     pub reload_via: ReloadVia,
+}
+
+/// Which Asterisk calls are recorded automatically once answered (`RECORD_CALLS`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum RecordCalls {
+    /// None (recordings only on request).
+    #[default]
+    None,
+    /// Inbound calls.
+    Inbound,
+    /// Outbound calls (click-to-call included).
+    Outbound,
+    /// Every call.
+    All,
+}
+
+/// Audio format of Asterisk recordings (`RECORDING_FORMAT`), the ARI `format` parameter.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum RecordingFormat {
+    /// WAV (signed linear, 8 kHz).
+    #[default]
+    Wav,
+    /// GSM 06.10.
+    Gsm,
+}
+
+impl RecordingFormat {
+    /// The ARI format name and file extension (`wav`, `gsm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingFormat::Wav => "wav",
+            RecordingFormat::Gsm => "gsm",
+        }
+    }
+}
+
+/// Call control over ARI (click-to-call, hangup, hold, transfer) and Asterisk recordings.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Call control and recordings")]
+pub struct ControlSettings {
+    /// Calls recorded automatically once answered: none, inbound, outbound, all.
+    #[arg(
+        long,
+        env = "RECORD_CALLS",
+        value_enum,
+        default_value = "none",
+        global = true
+    )]
+    pub record_calls: RecordCalls,
+    /// Format of Asterisk recordings: wav or gsm.
+    #[arg(
+        long,
+        env = "RECORDING_FORMAT",
+        value_enum,
+        default_value = "wav",
+        global = true
+    )]
+    pub recording_format: RecordingFormat,
+    /// Asterisk's recording directory as pbxbridge sees it (e.g.
+    /// `/var/spool/asterisk/recording`) when both run on one host; unset, recordings are
+    /// fetched with ARI `GET /recordings/stored/{name}/file`.
+    #[arg(long, env = "ASTERISK_RECORDING_DIR", global = true)]
+    pub asterisk_recording_dir: Option<PathBuf>,
+    /// Dialplan context click-to-call dials the number in (its outbound rules apply).
+    #[arg(
+        long,
+        env = "CLICK_TO_CALL_CONTEXT",
+        default_value = "from-internal",
+        global = true
+    )]
+    pub click_to_call_context: String,
+    /// Seconds an originated leg (the agent's phone, a transfer target) may ring.
+    #[arg(long, env = "ORIGINATE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=300), global = true)]
+    pub originate_timeout: u32,
 }
 
 /// Users, JWT and browser access.

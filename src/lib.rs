@@ -15,6 +15,7 @@ pub mod calls;
 pub mod cel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod extensions;
 pub mod http;

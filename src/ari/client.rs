@@ -118,18 +118,29 @@ impl AriClient {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<reqwest::Response, AriError> {
+        self.send_timed(method, path, query, None).await
+    }
+
+    async fn send_timed(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, AriError> {
         let url = format!("{}/ari{}", self.base, path);
-        let resp = self
+        let mut req = self
             .http
             .request(method.clone(), &url)
             .basic_auth(&self.username, Some(self.password.expose()))
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| AriError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            .query(query);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|e| AriError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::UNAUTHORIZED => Err(AriError::Unauthorized),
@@ -198,6 +209,190 @@ impl AriClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// `POST /ari/channels/{id}/continue` with a dialplan location: the channel leaves
+    /// Stasis and runs `extension@context` from `priority`.
+    pub async fn continue_to(
+        &self,
+        channel_id: &str,
+        context: &str,
+        extension: &str,
+        priority: u32,
+    ) -> Result<(), AriError> {
+        let priority = priority.to_string();
+        self.send(
+            Method::POST,
+            &format!("/channels/{channel_id}/continue"),
+            &[
+                ("context", context),
+                ("extension", extension),
+                ("priority", &priority),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /ari/channels` with `app`: originates a channel to `endpoint` (e.g.
+    /// `PJSIP/1001`) with the given `channelId`, which enters our Stasis application with
+    /// `app_args` (comma-separated) once it answers. `timeout` in seconds.
+    pub async fn originate_to_app(
+        &self,
+        channel_id: &str,
+        endpoint: &str,
+        app_args: &str,
+        caller_id: &str,
+        timeout: u32,
+    ) -> Result<Channel, AriError> {
+        let path = "/channels";
+        let timeout = timeout.to_string();
+        let mut query = vec![
+            ("endpoint", endpoint),
+            ("app", self.app.as_str()),
+            ("appArgs", app_args),
+            ("timeout", &timeout),
+            ("channelId", channel_id),
+        ];
+        if !caller_id.is_empty() {
+            query.push(("callerId", caller_id));
+        }
+        let resp = self.send(Method::POST, path, &query).await?;
+        Self::json_of(path, resp).await
+    }
+
+    /// `DELETE /ari/channels/{id}?reason=normal`: hangs a channel up.
+    pub async fn hangup(&self, channel_id: &str) -> Result<(), AriError> {
+        self.send(
+            Method::DELETE,
+            &format!("/channels/{channel_id}"),
+            &[("reason", "normal")],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /ari/channels/{id}/hold` (`on`) or `DELETE` it (off): indicates hold.
+    pub async fn hold(&self, channel_id: &str, on: bool) -> Result<(), AriError> {
+        let method = if on { Method::POST } else { Method::DELETE };
+        self.send(method, &format!("/channels/{channel_id}/hold"), &[])
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /ari/channels/{id}/snoop?spy=both&app=..&appArgs=..&snoopId=..`: a snoop channel
+    /// hearing both directions of `channel_id`, placed in our Stasis application.
+    pub async fn snoop(
+        &self,
+        channel_id: &str,
+        snoop_id: &str,
+        app_args: &str,
+    ) -> Result<Channel, AriError> {
+        let path = format!("/channels/{channel_id}/snoop");
+        let resp = self
+            .send(
+                Method::POST,
+                &path,
+                &[
+                    ("spy", "both"),
+                    ("app", self.app.as_str()),
+                    ("appArgs", app_args),
+                    ("snoopId", snoop_id),
+                ],
+            )
+            .await?;
+        Self::json_of(&path, resp).await
+    }
+
+    /// `POST /ari/channels/{id}/record?name&format&ifExists=append&beep=false&terminateOn=none`:
+    /// starts a live recording named `name` (stored by Asterisk as `name.format` in its
+    /// recording directory).
+    pub async fn record_channel(
+        &self,
+        channel_id: &str,
+        name: &str,
+        format: &str,
+    ) -> Result<(), AriError> {
+        self.send(
+            Method::POST,
+            &format!("/channels/{channel_id}/record"),
+            &[
+                ("name", name),
+                ("format", format),
+                ("ifExists", "append"),
+                ("beep", "false"),
+                ("terminateOn", "none"),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /ari/recordings/live/{name}/stop`: stops a live recording and stores it.
+    pub async fn stop_recording(&self, name: &str) -> Result<(), AriError> {
+        self.send(Method::POST, &format!("/recordings/live/{name}/stop"), &[])
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /ari/recordings/stored/{name}/file`: the stored recording's bytes (60 s timeout).
+    pub async fn stored_recording_file(&self, name: &str) -> Result<Vec<u8>, AriError> {
+        let path = format!("/recordings/stored/{name}/file");
+        let resp = self
+            .send_timed(Method::GET, &path, &[], Some(Duration::from_secs(60)))
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| AriError::BadReply {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// `DELETE /ari/recordings/stored/{name}`: deletes a stored recording.
+    pub async fn delete_stored_recording(&self, name: &str) -> Result<(), AriError> {
+        self.send(Method::DELETE, &format!("/recordings/stored/{name}"), &[])
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /ari/bridges?type=mixing&bridgeId=..`: creates a mixing bridge in our application.
+    pub async fn create_bridge(&self, bridge_id: &str) -> Result<Bridge, AriError> {
+        let path = "/bridges";
+        let resp = self
+            .send(
+                Method::POST,
+                path,
+                &[("type", "mixing"), ("bridgeId", bridge_id)],
+            )
+            .await?;
+        Self::json_of(path, resp).await
+    }
+
+    /// `POST /ari/bridges/{id}/addChannel?channel=a,b`: puts channels (in our application)
+    /// into the bridge.
+    pub async fn add_to_bridge(
+        &self,
+        bridge_id: &str,
+        channels: &[String],
+    ) -> Result<(), AriError> {
+        let list = channels.join(",");
+        self.send(
+            Method::POST,
+            &format!("/bridges/{bridge_id}/addChannel"),
+            &[("channel", &list)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn json_of<T: DeserializeOwned>(
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, AriError> {
+        resp.json().await.map_err(|e| AriError::BadReply {
+            path: path.into(),
+            reason: e.to_string(),
+        })
     }
 
     /// `PUT /ari/asterisk/modules/{module}`: reloads one module (e.g. `res_pjsip.so`).

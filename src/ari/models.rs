@@ -108,6 +108,12 @@ impl Channel {
     pub fn is_local(&self) -> bool {
         self.name.starts_with("Local/")
     }
+
+    /// True for a snoop channel (`Snoop/...`, e.g. the listener of a recording that
+    /// pbxbridge starts): plumbing with a linkedid of its own, never a party of a call.
+    pub fn is_snoop(&self) -> bool {
+        self.name.starts_with("Snoop/")
+    }
 }
 
 /// See [`Channel::endpoint`].

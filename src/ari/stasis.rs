@@ -2,6 +2,10 @@
 //! (`StasisStart`) is returned at once with `POST /ari/channels/{id}/continue`, so that no
 //! call is ever held by pbxbridge. Runs as its own task so that a slow REST call never
 //! delays event processing.
+//!
+//! The exception are the channels pbxbridge itself put into Stasis (call control: an
+//! originated click-to-call leg, a snoop channel for a recording): a [`Divert`] claims them
+//! by their `Stasis` arguments and they go to its queue instead of being continued.
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -22,6 +26,15 @@ pub struct StasisEntry {
     pub args: Vec<String>,
 }
 
+/// Channels claimed by another consumer (call control), by their `Stasis` arguments.
+#[derive(Clone, Debug)]
+pub struct Divert {
+    /// True for the argument lists the consumer owns.
+    pub claims: fn(&[String]) -> bool,
+    /// Where claimed entries go.
+    pub tx: mpsc::UnboundedSender<StasisEntry>,
+}
+
 /// Sends queued channels back to the dialplan until `cancel`. A channel that is already
 /// gone (404) is logged at debug; other failures are retried once, then logged as errors.
 /// Each hand-back runs as its own task, owned here: on `cancel` the ones under way are
@@ -30,6 +43,7 @@ pub struct StasisEntry {
 pub async fn run(
     client: AriClient,
     rx: &mut mpsc::UnboundedReceiver<StasisEntry>,
+    divert: Option<Divert>,
     cancel: CancellationToken,
 ) {
     let mut in_flight = JoinSet::new();
@@ -42,6 +56,16 @@ pub async fn run(
                 continue;
             }
         };
+        if let Some(d) = &divert
+            && (d.claims)(&entry.args)
+        {
+            if d.tx.send(entry).is_err() {
+                tracing::error!(
+                    "call control is not running: a Stasis channel it owns is left waiting"
+                );
+            }
+            continue;
+        }
         let client = client.clone();
         // Each hand-back is independent; a few in flight at once is fine.
         in_flight.spawn(async move { hand_back(&client, entry).await });

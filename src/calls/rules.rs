@@ -89,6 +89,11 @@ pub fn status_of_cause(cause: i64) -> CallStatus {
 /// Re-exported from the ARI models so that the CEL side reads channel names the same way.
 pub use crate::ari::models::endpoint_of;
 
+/// Stasis argument 0 of the agent leg pbxbridge originates for a click-to-call
+/// (`click-to-call,<number>`): an outbound call to `<number>` whose `origin` is
+/// `click-to-call`.
+pub const CLICK_TO_CALL_ARG: &str = "click-to-call";
+
 /// What a call knows of its origin (the caller's channel) and its peers. Borrowed from the
 /// side that gathered it; fields with no basis are `None`/`false`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -154,6 +159,9 @@ pub struct Ending<'a> {
 
 /// The direction a Stasis argument names (`inbound`, `outbound`, `internal`, any case).
 pub fn direction_arg(arg: &str) -> Option<Direction> {
+    if arg == CLICK_TO_CALL_ARG {
+        return Some(Direction::Outbound);
+    }
     match arg.to_ascii_lowercase().as_str() {
         "inbound" => Some(Direction::Inbound),
         "outbound" => Some(Direction::Outbound),

@@ -241,7 +241,7 @@ impl Tracker {
         self.stats.events += 1;
         let Some(meta) = event.meta() else { return };
         let ts = meta.timestamp;
-        if self.about_gone_channel(event) {
+        if self.about_gone_channel(event) || event.channel().is_some_and(Channel::is_snoop) {
             return;
         }
         let mut touched: Vec<String> = Vec::new();
@@ -257,6 +257,9 @@ impl Tracker {
                     call.stasis_direction = args.first().and_then(|a| rules::direction_arg(a));
                     if call.stasis_direction.is_some() {
                         call.stasis_to = args.get(1).filter(|a| !a.is_empty()).cloned();
+                    }
+                    if args.first().map(String::as_str) == Some(rules::CLICK_TO_CALL_ARG) {
+                        call.rec.origin = Some(rules::CLICK_TO_CALL_ARG.to_string());
                     }
                 }
                 touched.push(lid);
@@ -467,6 +470,8 @@ impl Tracker {
         now: DateTime<Utc>,
         out: &mut Vec<CallUpdate>,
     ) {
+        let kept: Vec<Channel> = channels.iter().filter(|c| !c.is_snoop()).cloned().collect();
+        let channels = kept.as_slice();
         let rest_ids: HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
         let mut touched: Vec<String> = Vec::new();
         let unconfirmed = self.unconfirmed.take().unwrap_or_default();

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod control;
 pub mod error;
 pub mod extensions;
 pub mod health;
@@ -103,6 +104,8 @@ pub struct AppState {
     pub extensions: Option<Arc<crate::extensions::Provisioner>>,
     /// The supervised tasks' statuses (`/health`); empty when no supervisor runs.
     pub tasks: TaskStatuses,
+    /// Call control over ARI and Asterisk recordings, when running.
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 impl AppState {
@@ -123,6 +126,7 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
             tasks: TaskStatuses::default(),
+            control: None,
         }
     }
 }
@@ -136,6 +140,7 @@ pub fn router(state: AppState) -> Router {
 
     let protected = Router::new()
         .merge(calls::router())
+        .merge(control::router())
         .merge(live::router())
         .merge(users::protected_router())
         .merge(extensions::router())
