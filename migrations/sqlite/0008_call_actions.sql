@@ -1,5 +1,5 @@
 -- Call-control actions (issue 15): who did what to which call, and how Asterisk answered.
--- call_id is the call record's id (calls.id; not a foreign key: a click-to-call is logged
+-- id starts with the time in ns (order of entries). call_id is the call record's id (calls.id; not a foreign key: a click-to-call is logged
 -- before its record exists). at is UTC ISO 8601.
 CREATE TABLE call_actions (
     id       TEXT PRIMARY KEY,

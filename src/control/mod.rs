@@ -372,8 +372,8 @@ impl Control {
                     .and_then(|u| Uuid::parse_str(u).ok())
             {
                 let file = plan::recording_file(&name, self.settings.recording_format);
-                match store::set_recording_path(&self.db, call, Some(&file)).await {
-                    Ok(_) => tracing::info!(%call, recording = %file, "recording started"),
+                match self.store_recording_path(call, &file).await {
+                    Ok(()) => tracing::info!(%call, recording = %file, "recording started"),
                     Err(e) => result = Err(format!("recording path not stored: {e}")),
                 }
             }
@@ -396,6 +396,19 @@ impl Control {
                 let _ = self.client.hangup(&entry.channel_id).await;
             }
         }
+    }
+
+    /// Sets the call's `recordingPath`. The call writer may not have stored a call that has
+    /// just been answered yet: the (idempotent) update is tried again for up to 5 s.
+    async fn store_recording_path(&self, call: Uuid, file: &str) -> Result<(), DbError> {
+        for _ in 0..50 {
+            if store::set_recording_path(&self.db, call, Some(file)).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(%call, recording = %file, "recording started for a call that is not stored");
+        Ok(())
     }
 
     /// Handles the diverted Stasis channels until `cancel` (each in its own owned task;

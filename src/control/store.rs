@@ -48,17 +48,23 @@ pub async fn log_action(
     detail: Option<&str>,
     outcome: &str,
 ) -> Result<(), DbError> {
+    // The id starts with the time in ns, so that it orders entries of the same millisecond.
+    let now = Utc::now();
     sqlx::query(
         "INSERT INTO call_actions (id, call_id, actor, action, detail, outcome, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(Uuid::new_v4().to_string())
+    .bind(format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%S%.9f"),
+        Uuid::new_v4().simple()
+    ))
     .bind(call.to_string())
     .bind(actor)
     .bind(action)
     .bind(detail)
     .bind(outcome)
-    .bind(format_time(&Utc::now()))
+    .bind(format_time(&now))
     .execute(db.pool())
     .await?;
     Ok(())
@@ -68,7 +74,7 @@ pub async fn log_action(
 pub async fn actions(db: &Db, call: Uuid) -> Result<Vec<ActionEntry>, DbError> {
     let rows = sqlx::query(
         "SELECT call_id, actor, action, detail, outcome, at FROM call_actions \
-         WHERE call_id = $1 ORDER BY at, id",
+         WHERE call_id = $1 ORDER BY id",
     )
     .bind(call.to_string())
     .fetch_all(db.pool())
