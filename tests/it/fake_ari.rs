@@ -245,12 +245,13 @@ fn control_answer(
                 .collect::<std::collections::HashMap<_, _>>()
         })
         .unwrap_or_default();
-    let resync = method == "GET" && (path == "/ari/channels" || path == "/ari/bridges");
     let logged = match uri.query() {
         Some(q) => format!("{method} {path}?{q}"),
         None => format!("{method} {path}"),
     };
-    if !(resync && path == "/ari/bridges") && !path.starts_with("/ari/asterisk/") {
+    // Not logged: module reloads (provisioner) and the resync's bridge list.
+    let quiet = path.starts_with("/ari/asterisk/") || (method == "GET" && path == "/ari/bridges");
+    if !quiet {
         f.log.lock().unwrap().push(logged);
     }
     let seg: Vec<&str> = path.trim_start_matches("/ari/").split('/').collect();
