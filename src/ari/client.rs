@@ -236,7 +236,8 @@ impl AriClient {
 
     /// `POST /ari/channels` with `app`: originates a channel to `endpoint` (e.g.
     /// `PJSIP/1001`) with the given `channelId`, which enters our Stasis application with
-    /// `app_args` (comma-separated) once it answers. `timeout` in seconds.
+    /// `app_args` (comma-separated) once it answers. `timeout` in seconds; `originator`
+    /// (a channel id) makes the new channel part of that channel's call (its linkedid).
     pub async fn originate_to_app(
         &self,
         channel_id: &str,
@@ -244,6 +245,7 @@ impl AriClient {
         app_args: &str,
         caller_id: &str,
         timeout: u32,
+        originator: Option<&str>,
     ) -> Result<Channel, AriError> {
         let path = "/channels";
         let timeout = timeout.to_string();
@@ -256,6 +258,9 @@ impl AriClient {
         ];
         if !caller_id.is_empty() {
             query.push(("callerId", caller_id));
+        }
+        if let Some(o) = originator {
+            query.push(("originator", o));
         }
         let resp = self.send(Method::POST, path, &query).await?;
         Self::json_of(path, resp).await

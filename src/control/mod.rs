@@ -157,6 +157,7 @@ impl Control {
                 endpoint,
                 app_args,
                 caller_id,
+                originator,
             } => c
                 .originate_to_app(
                     channel_id,
@@ -164,6 +165,7 @@ impl Control {
                     app_args,
                     caller_id,
                     self.settings.originate_timeout,
+                    originator.as_deref(),
                 )
                 .await
                 .map(drop),

@@ -49,6 +49,8 @@ pub enum Op {
         app_args: String,
         /// Caller id shown to the rung phone (`Name <number>` or a number).
         caller_id: String,
+        /// The channel whose call the new one joins (ARI `originator`: same linkedid).
+        originator: Option<String>,
     },
     /// `POST /channels/{id}/continue?context&extension&priority=1`.
     Continue {
@@ -240,6 +242,7 @@ pub fn originate(
         endpoint: format!("PJSIP/{}", req.extension),
         app_args: format!("{CLICK_TO_CALL},{}", req.number),
         caller_id: req.caller_id.clone().unwrap_or_else(|| req.number.clone()),
+        originator: None,
     })
 }
 
@@ -424,6 +427,7 @@ pub fn plan(
                     endpoint: format!("PJSIP/{to}"),
                     app_args: format!("{TRANSFER_ARG},{c},{}", legs.agent.as_deref().unwrap_or("")),
                     caller_id: String::new(),
+                    originator: Some(c.clone()),
                 },
             ]
         }
@@ -534,6 +538,7 @@ mod tests {
                 endpoint: "PJSIP/1001".into(),
                 app_args: "click-to-call,998907778899".into(),
                 caller_id: "998907778899".into(),
+                originator: None,
             }
         );
         assert_eq!(
@@ -631,8 +636,9 @@ mod tests {
             }
         );
         assert!(
-            matches!(&attended[1], Op::Originate { endpoint, app_args, .. }
-            if endpoint == "PJSIP/1002" && app_args == "pbxbridge-transfer,c,a")
+            matches!(&attended[1], Op::Originate { endpoint, app_args, originator, .. }
+            if endpoint == "PJSIP/1002" && app_args == "pbxbridge-transfer,c,a"
+                && originator.as_deref() == Some("c"))
         );
         // The target answered: bridge, unhold, release the agent.
         let args: Vec<String> = "pbxbridge-transfer,c,a"

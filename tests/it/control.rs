@@ -418,6 +418,56 @@ async fn hold_transfer_hangup_send_the_ari_requests_in_order() {
             "DELETE /ari/channels/c.2?reason=normal",
         ]
     );
+    // Attended: the customer held, the target rung (joining the customer's call); when it
+    // answers, bridged with the customer, who is taken off hold; the agent released.
+    env.fake.stasis.lock().unwrap().insert("c.1".into());
+    env.fake
+        .channels
+        .lock()
+        .unwrap()
+        .push(ari_channel("c.2", "PJSIP/1001-00000002", "c.1", "Up"));
+    let (status, body) = post(
+        &env.base,
+        &format!("/calls/{id}/transfer"),
+        json!({"to": "1002", "mode": "attended"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let log = env.fake.take_log();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0], "GET /ari/channels");
+    assert_eq!(log[1], "POST /ari/channels/c.1/hold");
+    let (head, q) = split(&log[2]);
+    assert_eq!(head, "POST /ari/channels");
+    let target = q["channelId"].clone();
+    assert_eq!(
+        q,
+        params(&[
+            ("endpoint", "PJSIP/1002"),
+            ("app", "callcenter"),
+            ("appArgs", "pbxbridge-transfer,c.1,c.2"),
+            ("timeout", "30"),
+            ("channelId", &target),
+            ("originator", "c.1"),
+        ])
+    );
+    let t = ari_channel(&target, "PJSIP/1002-00000003", "c.1", "Up");
+    env.fake
+        .frames
+        .send(fake_ari::stasis_start(
+            t,
+            &["pbxbridge-transfer", "c.1", "c.2"],
+        ))
+        .unwrap();
+    assert_eq!(
+        env.fake.wait_log(4).await,
+        vec![
+            format!("POST /ari/bridges?type=mixing&bridgeId={target}-bridge"),
+            format!("POST /ari/bridges/{target}-bridge/addChannel?channel=c.1%2C{target}"),
+            "DELETE /ari/channels/c.1/hold".to_string(),
+            "DELETE /ari/channels/c.2?reason=normal".to_string(),
+        ]
+    );
     let (status, body) = post(
         &env.base,
         &format!("/calls/{id}/transfer"),
@@ -468,6 +518,7 @@ async fn hold_transfer_hangup_send_the_ari_requests_in_order() {
             "hold",
             "unhold",
             "transfer-blind",
+            "transfer-attended",
             "hangup",
             "hangup"
         ]

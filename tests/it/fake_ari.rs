@@ -336,6 +336,25 @@ fn control_answer(
             let _ = f.frames.send(stasis_start(chan.clone(), &args));
             ari_reply(200, chan)
         }
+        ("POST", ["bridges"]) => ari_reply(
+            200,
+            serde_json::json!({"id": q("bridgeId"), "technology": "simple_bridge", "bridge_type": "mixing",
+                "bridge_class": "stasis", "channels": [], "creationtime": "2026-11-21T16:54:44.465+0000"}),
+        ),
+        ("POST", ["bridges", _, "addChannel"]) => {
+            let list = q("channel");
+            if list
+                .split(',')
+                .all(|c| f.stasis.lock().unwrap().contains(c))
+            {
+                ari_reply(204, serde_json::Value::Null)
+            } else {
+                ari_reply(
+                    422,
+                    serde_json::json!({"message": "Channel not in Stasis application"}),
+                )
+            }
+        }
         ("POST", ["recordings", "live", name, "stop"]) => {
             if f.live.lock().unwrap().remove(*name) {
                 ari_reply(204, serde_json::Value::Null)
