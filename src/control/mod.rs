@@ -20,13 +20,14 @@
 pub mod plan;
 pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -42,6 +43,9 @@ pub use plan::{Action, ClickToCall, Op, PlanError, TransferMode};
 /// How long `POST /calls/{id}/record` waits for the snoop channel to enter Stasis and the
 /// recording to start.
 const RECORD_START_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a click-to-call's `record: true` waits for the call to be answered.
+const RECORD_ON_ANSWER_TTL: Duration = Duration::from_secs(600);
 
 /// Errors of call control.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +116,11 @@ pub struct Control {
     cache_dir: PathBuf,
     /// Recordings being started, by snoop channel id: the waiting request.
     pending: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
-    /// Click-to-calls to record once answered, by linkedid.
-    record_on_answer: Mutex<HashSet<String>>,
+    /// Click-to-calls to record once answered: linkedid → when asked (forgotten after
+    /// [`RECORD_ON_ANSWER_TTL`]).
+    record_on_answer: Mutex<HashMap<String, Instant>>,
+    /// Wakes the recorder when `record_on_answer` gains an entry.
+    wake: Notify,
 }
 
 impl std::fmt::Debug for Control {
@@ -140,6 +147,7 @@ impl Control {
             cache_dir,
             pending: Mutex::default(),
             record_on_answer: Mutex::default(),
+            wake: Notify::new(),
         }
     }
 
@@ -259,7 +267,8 @@ impl Control {
                 })?;
             let op = plan::originate(req, &endpoint, &channel_id)?;
             if req.record {
-                lock(&self.record_on_answer).insert(channel_id.clone());
+                lock(&self.record_on_answer).insert(channel_id.clone(), Instant::now());
+                self.wake.notify_one();
             }
             let sent = self.exec(&op).await;
             if sent.is_err() {
@@ -435,46 +444,72 @@ impl Control {
 
     /// Automatic recording until `cancel`: every Asterisk call that becomes answered is
     /// recorded when `RECORD_CALLS` covers its direction, or when its click-to-call asked
-    /// for it (`record: true`). Follows the live hub's call updates.
+    /// for it (`record: true`). Follows the live hub's call updates, subscribed only while
+    /// there is something to record (always with `RECORD_CALLS`, else while a click-to-call
+    /// waits to be recorded).
     pub async fn run_recorder(self: Arc<Self>, hub: Hub, cancel: CancellationToken) {
-        let mut sub = hub.subscribe();
+        let always = self.settings.record_calls != crate::config::RecordCalls::None;
         let mut tasks = JoinSet::new();
-        loop {
-            let published = tokio::select! {
-                _ = cancel.cancelled() => break,
-                p = sub.recv() => p,
-                Some(_) = tasks.join_next() => continue,
-            };
-            let published = match published {
-                Ok(p) => p,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "recorder fell behind the live hub: some answered calls may not be recorded"
-                    );
+        while !cancel.is_cancelled() {
+            if !always && self.prune_record_on_answer() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => continue,
+                    Some(_) = tasks.join_next() => continue,
+                }
+            }
+            let mut sub = hub.subscribe();
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                let published = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    p = sub.recv() => p,
+                    Some(_) = tasks.join_next() => continue,
+                    _ = tick.tick() => {
+                        if !always && self.prune_record_on_answer() { break }
+                        continue;
+                    }
+                };
+                let published = match published {
+                    Ok(p) => p,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "recorder fell behind the live hub: some answered calls may not be recorded"
+                        );
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let LiveEvent::Call(update) = &published.event else {
+                    continue;
+                };
+                let rec = &update.record;
+                if update.change != crate::calls::tracker::CallChange::Answered
+                    || rec.source != Source::Asterisk
+                {
                     continue;
                 }
-                Err(RecvError::Closed) => break,
-            };
-            let LiveEvent::Call(update) = &published.event else {
-                continue;
-            };
-            let rec = &update.record;
-            if update.change != crate::calls::tracker::CallChange::Answered
-                || rec.source != Source::Asterisk
-            {
-                continue;
+                let asked = lock(&self.record_on_answer).remove(&rec.call_id).is_some();
+                if asked || plan::should_record(self.settings.record_calls, rec.direction) {
+                    let (me, rec) = (self.clone(), rec.clone());
+                    tasks.spawn(async move {
+                        let _ = me.act("auto", &rec, &Action::RecordStart).await;
+                    });
+                }
+                if !always && self.prune_record_on_answer() {
+                    break;
+                }
             }
-            let asked = lock(&self.record_on_answer).remove(&rec.call_id);
-            if !asked && !plan::should_record(self.settings.record_calls, rec.direction) {
-                continue;
-            }
-            let (me, rec) = (self.clone(), rec.clone());
-            tasks.spawn(async move {
-                let _ = me.act("auto", &rec, &Action::RecordStart).await;
-            });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Forgets click-to-calls that waited too long to be answered; true when none is left.
+    fn prune_record_on_answer(&self) -> bool {
+        let mut m = lock(&self.record_on_answer);
+        m.retain(|_, asked| asked.elapsed() < RECORD_ON_ANSWER_TTL);
+        m.is_empty()
     }
 
     /// The recording file of `call`, ready to serve: from `ASTERISK_RECORDING_DIR` when set

@@ -29,7 +29,17 @@ async fn start(db: &TestDb) -> Env {
             .map(|(a, b)| (a.to_string(), b.to_string())),
     );
     let running = support::daemon_at(db, &fake.url, &["--api-tokens", TOKEN]).await;
-    // Wait for the events connection's resync, then start from an empty log.
+    connected(&fake).await;
+    let base = format!("http://{}", running.addr);
+    Env {
+        fake,
+        base,
+        running,
+    }
+}
+
+/// Waits for the events connection's resync, then empties the log.
+async fn connected(fake: &ControlFake) {
     for _ in 0..250 {
         if fake
             .log
@@ -44,12 +54,6 @@ async fn start(db: &TestDb) -> Env {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     fake.take_log();
-    let base = format!("http://{}", running.addr);
-    Env {
-        fake,
-        base,
-        running,
-    }
 }
 
 async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value) {
@@ -544,6 +548,7 @@ async fn record_calls_inbound_records_an_answered_call_automatically() {
     )
     .await;
     let base = format!("http://{}", running.addr);
+    connected(&fake).await;
     let frames = fake_ari::inbound_answered();
     // Asterisk's channels while the call is up: those the capture creates.
     for f in frames.lines() {
@@ -552,7 +557,6 @@ async fn record_calls_inbound_records_an_answered_call_automatically() {
             fake.channels.lock().unwrap().push(v["channel"].clone());
         }
     }
-    fake.take_log();
     let answer = frames
         .lines()
         .position(|f| f.contains("\"Dial\"") && f.contains("\"dialstatus\":\"ANSWER\""))
