@@ -345,8 +345,21 @@ async fn writer_drained(stats: &WriterStats, within: Duration, cancel: &Cancella
 /// Runs the daemon until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = start(settings).await?;
+    crate::systemd::ready(running.addr);
+    if let Some(interval) = crate::systemd::watchdog_interval() {
+        tracing::info!(
+            interval_ms = interval.as_millis() as u64,
+            "systemd watchdog on"
+        );
+        running
+            .supervisor
+            .register(TaskSpec::new("watchdog"), move |a: Attempt| {
+                crate::systemd::watchdog(interval, a.cancel)
+            });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())

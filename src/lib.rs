@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod retry;
 pub mod supervisor;
 pub mod sync;
+pub mod systemd;
 pub mod users;
