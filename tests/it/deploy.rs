@@ -205,3 +205,14 @@ async fn serve_notifies_ready_watchdog_and_stopping() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn sample_pjsip_conf_tryincludes_the_generated_file() {
+    let conf = std::fs::read_to_string(root().join("asterisk-conf/pjsip.conf")).unwrap();
+    let directives: Vec<&str> = conf.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(
+        directives,
+        ["#tryinclude pbxbridge/pjsip_extensions.conf"],
+        "a missing #include'd file makes Asterisk reject the whole pjsip.conf"
+    );
+}
