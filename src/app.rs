@@ -70,6 +70,7 @@ impl Running {
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     settings.validate().map_err(anyhow::Error::msg)?;
     let settings = Arc::new(settings);
+    crate::metrics::install();
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
         .with_context(|| format!("database {}", settings.core.database_url))?;

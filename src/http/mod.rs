@@ -7,6 +7,7 @@
 //! become [`error::ApiError`] here; no domain module imports `http` (check with
 //! `python3 ../shared/tools/layers.py`).
 
+pub mod access_log;
 pub mod auth;
 pub mod calls;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod kavkom;
 pub mod kerio;
 pub mod live;
+pub mod metrics;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -141,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .merge(extensions::router())
         .merge(kerio::router())
         .merge(kavkom::router())
+        .merge(metrics::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -186,5 +189,6 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(middleware::from_fn(access_log::access_log))
         .with_state(state)
 }

@@ -14,6 +14,7 @@ mod kavkom;
 mod kerio;
 mod link;
 mod live;
+mod ops;
 mod supervise;
 mod support;
 mod users;
