@@ -13,6 +13,7 @@ pub mod app;
 pub mod ari;
 pub mod calls;
 pub mod cel;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -4,6 +4,7 @@ mod ami;
 mod calls_api;
 mod calls_e2e;
 mod cel;
+mod check;
 mod cli;
 mod deploy;
 mod extensions;
