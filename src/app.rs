@@ -11,6 +11,7 @@
 //! | `cel` (when ASTERISK_CEL_URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
 //! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
 //! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
+//! | `retention` (when RETENTION_DAYS > 0): deletes old finished call records, daily | no | at once |
 //!
 //! What must survive a restart lives here, outside the attempts: the queues between the
 //! tasks (a restarted consumer locks the same receiving end and goes on with it), the
@@ -194,6 +195,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 every,
                 a.cancel,
             )
+        });
+    }
+
+    // Retention of call records (RETENTION_DAYS; 0 keeps everything).
+    if settings.core.retention_days > 0 {
+        let (db, days) = (db.clone(), settings.core.retention_days);
+        supervisor.register(TaskSpec::new("retention"), move |a: Attempt| {
+            crate::calls::retention::run(db.clone(), days, crate::calls::retention::EVERY, a.cancel)
         });
     }
 

@@ -254,6 +254,10 @@ pub struct CoreSettings {
     /// (code 1008, "too slow").
     #[arg(long, env = "LIVE_SEND_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub live_send_timeout: u64,
+    /// Days of finished call records to keep (by start time); older ones are deleted by a
+    /// daily job. 0 keeps everything.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500), global = true)]
+    pub retention_days: u32,
 }
 
 /// Asterisk REST Interface.

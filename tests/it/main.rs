@@ -16,6 +16,7 @@ mod kerio;
 mod link;
 mod live;
 mod ops;
+mod retention;
 mod supervise;
 mod support;
 mod users;
