@@ -54,6 +54,8 @@ pub struct Running {
     pub hub: Hub,
     /// The database.
     pub db: Db,
+    /// Where `GET /metrics` is served without a token (`METRICS_LISTEN`), if set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Running {
@@ -237,6 +239,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Kept here: each attempt of the server accepts on a duplicate of it.
     let listener = listener.into_std()?;
     tracing::info!(%addr, "HTTP API listening");
+    let metrics_addr = match settings.core.metrics_listen {
+        Some(at) => {
+            Some(serve_metrics(at, http::metrics_router(state.clone()), &supervisor).await?)
+        }
+        None => None,
+    };
     let app = http::router(state);
     supervisor.register(TaskSpec::new("http"), move |a: Attempt| {
         let app = app.clone();
@@ -260,7 +268,36 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         supervisor,
         hub,
         db,
+        metrics_addr,
     })
+}
+
+/// Binds `METRICS_LISTEN` and serves `app` (only `/metrics`) on it as the supervised task
+/// `metrics`; returns the bound address.
+async fn serve_metrics(
+    at: SocketAddr,
+    app: axum::Router,
+    supervisor: &Supervisor,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen on METRICS_LISTEN={at}"))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    tracing::info!(%addr, "metrics listening (GET /metrics, no token)");
+    supervisor.register(TaskSpec::new("metrics"), move |a: Attempt| {
+        let app = app.clone();
+        let listener = listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std);
+        async move {
+            axum::serve(listener.context("metrics listener")?, app)
+                .with_graceful_shutdown(a.cancel.cancelled_owned())
+                .await
+                .context("metrics server")
+        }
+    });
+    Ok(addr)
 }
 
 /// What every attempt of the `pipeline` task shares with the others.

@@ -212,6 +212,10 @@ pub struct CoreSettings {
         global = true
     )]
     pub http_listen: SocketAddr,
+    /// Optional second address serving only `GET /metrics`, without a token (for a
+    /// Prometheus on a trusted network); `/metrics` on HTTP_LISTEN needs a token either way.
+    #[arg(long, env = "METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Comma-separated bearer tokens accepted by every API route but /health.
     #[arg(
         long,

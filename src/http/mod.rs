@@ -129,6 +129,13 @@ impl AppState {
     }
 }
 
+/// Only `GET /metrics`, without a token, for `METRICS_LISTEN`.
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::router()
+        .layer(middleware::from_fn(access_log::access_log))
+        .with_state(state)
+}
+
 /// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
 /// 1 MiB body limit and request tracing.
 pub fn router(state: AppState) -> Router {

@@ -362,3 +362,30 @@ async fn json_log_lines_carry_the_same_fields() {
     assert_eq!(calls["user"], "token");
     assert!(calls["ms"].as_f64().is_some());
 }
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_without_a_token() {
+    let tdb = support::sqlite().await;
+    let running = support::daemon_without_asterisk(
+        &tdb,
+        &["--api-tokens", TOKEN, "--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let at = running.metrics_addr.expect("METRICS_LISTEN bound");
+    let r = reqwest::get(format!("http://{at}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let m = parse(&text);
+    assert!(
+        m.keys().any(|(n, _)| n == "pbxbridge_writer_queue_depth"),
+        "{text}"
+    );
+    // Only /metrics there; the API's own /metrics still needs the token.
+    let r = reqwest::get(format!("http://{at}/calls")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    running.shutdown().await;
+}
