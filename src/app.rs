@@ -13,6 +13,7 @@
 //! | `cel` (when ASTERISK_CEL_URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
 //! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
 //! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
+//! | `retention` (when RETENTION_DAYS > 0): deletes old finished call records, daily | no | at once |
 //!
 //! What must survive a restart lives here, outside the attempts: the queues between the
 //! tasks (a restarted consumer locks the same receiving end and goes on with it), the
@@ -55,6 +56,8 @@ pub struct Running {
     pub hub: Hub,
     /// The database.
     pub db: Db,
+    /// Where `GET /metrics` is served without a token (`METRICS_LISTEN`), if set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Running {
@@ -72,6 +75,7 @@ impl Running {
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     settings.validate().map_err(anyhow::Error::msg)?;
     let settings = Arc::new(settings);
+    crate::metrics::install();
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
         .with_context(|| format!("database {}", settings.core.database_url))?;
@@ -225,6 +229,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         });
     }
 
+    // Retention of call records (RETENTION_DAYS; 0 keeps everything).
+    if settings.core.retention_days > 0 {
+        let (db, days) = (db.clone(), settings.core.retention_days);
+        supervisor.register(TaskSpec::new("retention"), move |a: Attempt| {
+            crate::calls::retention::run(db.clone(), days, crate::calls::retention::EVERY, a.cancel)
+        });
+    }
+
     // Hosted PBXs.
     let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &supervisor);
     let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor);
@@ -257,6 +269,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Kept here: each attempt of the server accepts on a duplicate of it.
     let listener = listener.into_std()?;
     tracing::info!(%addr, "HTTP API listening");
+    let metrics_addr = match settings.core.metrics_listen {
+        Some(at) => {
+            Some(serve_metrics(at, http::metrics_router(state.clone()), &supervisor).await?)
+        }
+        None => None,
+    };
     let app = http::router(state);
     supervisor.register(TaskSpec::new("http"), move |a: Attempt| {
         let app = app.clone();
@@ -280,7 +298,36 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         supervisor,
         hub,
         db,
+        metrics_addr,
     })
+}
+
+/// Binds `METRICS_LISTEN` and serves `app` (only `/metrics`) on it as the supervised task
+/// `metrics`; returns the bound address.
+async fn serve_metrics(
+    at: SocketAddr,
+    app: axum::Router,
+    supervisor: &Supervisor,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen on METRICS_LISTEN={at}"))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    tracing::info!(%addr, "metrics listening (GET /metrics, no token)");
+    supervisor.register(TaskSpec::new("metrics"), move |a: Attempt| {
+        let app = app.clone();
+        let listener = listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std);
+        async move {
+            axum::serve(listener.context("metrics listener")?, app)
+                .with_graceful_shutdown(a.cancel.cancelled_owned())
+                .await
+                .context("metrics server")
+        }
+    });
+    Ok(addr)
 }
 
 /// What every attempt of the `pipeline` task shares with the others.
@@ -375,8 +422,21 @@ async fn writer_drained(stats: &WriterStats, within: Duration, cancel: &Cancella
 /// Runs the daemon until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = start(settings).await?;
+    crate::systemd::ready(running.addr);
+    if let Some(interval) = crate::systemd::watchdog_interval() {
+        tracing::info!(
+            interval_ms = interval.as_millis() as u64,
+            "systemd watchdog on"
+        );
+        running
+            .supervisor
+            .register(TaskSpec::new("watchdog"), move |a: Attempt| {
+                crate::systemd::watchdog(interval, a.cancel)
+            });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())

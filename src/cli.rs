@@ -34,7 +34,7 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Try the database, ARI and (when AMI_USERNAME is set) AMI; print ok/failed per component (exit 0 when all are ok, else 1).
+    /// Diagnose the install: database, ARI (credentials, app), AMI, the PJSIP include (writable, owned, loaded by Asterisk), CEL, Kerio, Kavkom; a table with a fix per failed line (exit 0 when all are ok, else 1).
     Check,
     /// Record the live ARI event stream to JSON lines (Ctrl-C to stop).
     Capture {
@@ -196,50 +196,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn check(settings: &Settings) -> i32 {
-    let mut ok = true;
-    match Db::connect(&settings.core.database_url).await {
-        Ok(db) => match db.ping().await {
-            Ok(()) => println!("database: ok ({:?})", db.backend()),
-            Err(e) => {
-                ok = false;
-                println!("database: failed: {e}");
-            }
-        },
-        Err(e) => {
-            ok = false;
-            println!("database: failed: {e}");
-        }
-    }
-    let client = AriClient::new(&settings.ari);
-    match client.info().await {
-        Ok(info) => {
-            let version = info
-                .pointer("/system/version")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?");
-            println!("ari: ok (Asterisk {version} at {})", client.base());
-        }
-        Err(e) => {
-            ok = false;
-            println!("ari: failed: {e}");
-        }
-    }
-    if let Some(cfg) = crate::ami::AmiConfig::from_settings(&settings.ami) {
-        let addr = cfg.addr();
-        let cancel = CancellationToken::new();
-        let (client, task) = crate::ami::AmiClient::new(cfg, cancel.clone());
-        let task = tokio::spawn(task);
-        match client.asterisk_version().await {
-            Ok(version) => println!("ami: ok (Asterisk {version} at {addr})"),
-            Err(e) => {
-                ok = false;
-                println!("ami: failed: {e}");
-            }
-        }
-        cancel.cancel();
-        let _ = task.await;
-    }
-    if ok { 0 } else { 1 }
+    let lines = crate::check::run(settings).await;
+    print!("{}", crate::check::table(&lines));
+    if crate::check::all_ok(&lines) { 0 } else { 1 }
 }
 
 async fn replay(settings: &Settings, path: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {

@@ -214,6 +214,10 @@ pub struct CoreSettings {
         global = true
     )]
     pub http_listen: SocketAddr,
+    /// Optional second address serving only `GET /metrics`, without a token (for a
+    /// Prometheus on a trusted network); `/metrics` on HTTP_LISTEN needs a token either way.
+    #[arg(long, env = "METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Comma-separated bearer tokens accepted by every API route but /health.
     #[arg(
         long,
@@ -256,6 +260,10 @@ pub struct CoreSettings {
     /// (code 1008, "too slow").
     #[arg(long, env = "LIVE_SEND_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub live_send_timeout: u64,
+    /// Days of finished call records to keep (by start time); older ones are deleted by a
+    /// daily job. 0 keeps everything.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500), global = true)]
+    pub retention_days: u32,
 }
 
 /// Asterisk REST Interface.

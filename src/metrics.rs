@@ -1,9 +1,42 @@
-//! Measurements shown on `/health`, domain-agnostic (imports nothing from the crate): a
-//! lock-free latency histogram that any number of tasks record into, and its summary.
+//! Measurements, domain-agnostic (imports nothing from the crate): the Prometheus exporter
+//! behind `GET /metrics` (the `metrics` facade and `metrics-exporter-prometheus`), the metric
+//! names every module records into, and a lock-free latency histogram whose summary `/health`
+//! shows and whose samples `/metrics` exports too ([`LatencyHistogram::exported`]): one
+//! measurement, read both ways.
 //!
-//! Used for the writer's commit latency (`pipeline.commitLatency`) and the live fan-out
-//! latency (`live.latency`).
+//! Recording is a no-op until [`install`] has run (once per process, by `serve`); the daemon's
+//! counters that already exist for `/health` (frames, queue depths, tasks, ...) are copied
+//! into the exporter at scrape time by the `/metrics` route rather than counted twice.
+//!
+//! Names (Prometheus conventions: `_total` counters, `_seconds` histograms, labels in
+//! brackets):
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `pbxbridge_ari_connected`, `pbxbridge_ami_connected` | gauge 0/1 | |
+//! | `pbxbridge_ari_reconnects_total`, `pbxbridge_ami_reconnects_total` | counter | |
+//! | `pbxbridge_ari_events_total` | counter | `type` |
+//! | `pbxbridge_ari_parse_errors_total` | counter | |
+//! | `pbxbridge_calls_total` (finished calls) | counter | `status`, `direction` |
+//! | `pbxbridge_writer_queue_depth` | gauge | |
+//! | `pbxbridge_writer_commit_latency_seconds` | histogram | |
+//! | `pbxbridge_live_clients` | gauge | |
+//! | `pbxbridge_live_fanout_latency_seconds` | histogram | |
+//! | `pbxbridge_extension_reloads_total` | counter | `result` (`ok`, `failed`) |
+//! | `pbxbridge_extension_reload_duration_seconds` | histogram | |
+//! | `pbxbridge_sync_rows_total`, `pbxbridge_sync_errors_total` | counter | `adapter` |
+//! | `pbxbridge_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `pbxbridge_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `pbxbridge_task_restarts_total` | counter | `task` |
+//! | `pbxbridge_calls_purged_total` (retention) | counter | |
+//!
+//! Copied at scrape time from the counters `/health` shows: `pbxbridge_ari_frames_total`,
+//! `pbxbridge_pipeline_queue_depth`, `pbxbridge_writer_rows_total`,
+//! `pbxbridge_writer_failures_total`, `pbxbridge_active_calls`, `pbxbridge_task_running{task}`,
+//! and the gauges `pbxbridge_writer_queue_depth`, `pbxbridge_live_clients`,
+//! `pbxbridge_ari_connected`, counter `pbxbridge_task_restarts_total{task}` above.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,6 +54,8 @@ const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUBS as usize;
 pub struct LatencyHistogram {
     buckets: Box<[AtomicU64]>,
     max_us: AtomicU64,
+    /// The Prometheus histogram each sample also goes to (seconds), if any.
+    exported: Option<&'static str>,
 }
 
 /// Latency percentiles, in milliseconds, as shown on `/health`:
@@ -44,11 +79,20 @@ impl Default for LatencyHistogram {
         LatencyHistogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             max_us: AtomicU64::new(0),
+            exported: None,
         }
     }
 }
 
 impl LatencyHistogram {
+    /// A histogram whose samples also go to the Prometheus histogram `name` (in seconds).
+    pub fn exported(name: &'static str) -> Self {
+        LatencyHistogram {
+            exported: Some(name),
+            ..Self::default()
+        }
+    }
+
     fn bucket(us: u64) -> usize {
         if us < SUBS {
             return us as usize;
@@ -76,6 +120,9 @@ impl LatencyHistogram {
         let b = Self::bucket(us).min(BUCKETS - 1);
         self.buckets[b].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+        if let Some(name) = self.exported {
+            metrics::histogram!(name).record(d.as_secs_f64());
+        }
     }
 
     /// Count, p50, p99 and max of every sample recorded so far.
@@ -108,6 +155,36 @@ impl LatencyHistogram {
             max_ms: max_us as f64 / 1000.0,
         }
     }
+}
+
+/// Histogram buckets of every `_seconds` metric, in seconds (1 ms to 30 s).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (first call; later calls return the same
+/// handle). When another recorder is already installed, returns a handle that renders
+/// nothing recorded through the facade.
+pub fn install() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("non-empty buckets");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+        }
+        handle
+    })
+}
+
+/// The Prometheus text exposition of everything recorded, or `None` before [`install`].
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
 }
 
 #[cfg(test)]

@@ -640,6 +640,7 @@ async fn run(
                 let _ = state.send(AmiState::Connected {
                     version: conn.version.clone(),
                 });
+                metrics::gauge!("pbxbridge_ami_connected").set(1.0);
                 match serve(conn, &cfg, rx, &events, &cancel).await {
                     Ended::Stopped => return,
                     Ended::Lost(e) => {
@@ -665,6 +666,8 @@ async fn run(
         let _ = state.send(AmiState::Down {
             reason: err.to_string(),
         });
+        metrics::gauge!("pbxbridge_ami_connected").set(0.0);
+        metrics::counter!("pbxbridge_ami_reconnects_total").increment(1);
         // While down, answer queued and new actions at once with the last error.
         let delay = delays.next().unwrap_or(Duration::from_secs(30));
         let sleep = tokio::time::sleep(delay);

@@ -188,6 +188,12 @@ impl AriClient {
         self.get_json("/bridges").await
     }
 
+    /// `GET /ari/applications`: the Stasis applications registered now (ARI `Application`
+    /// models, raw: `{name, channel_ids, bridge_ids, endpoint_ids, device_names}`).
+    pub async fn applications(&self) -> Result<Vec<serde_json::Value>, AriError> {
+        self.get_json("/applications").await
+    }
+
     /// `GET /ari/endpoints`: every endpoint.
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, AriError> {
         self.get_json("/endpoints").await

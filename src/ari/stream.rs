@@ -195,6 +195,7 @@ pub async fn run(
             Ok(ws) => {
                 let since = Utc::now();
                 let _ = state.send(AriState::Connected { since, dead_links });
+                metrics::gauge!("pbxbridge_ari_connected").set(1.0);
                 tracing::info!(
                     url = %events_url(&client, &app),
                     app = %app,
@@ -224,6 +225,8 @@ pub async fn run(
         };
         attempt += 1;
         let delay = delays.next().unwrap_or(Duration::from_secs(30));
+        metrics::gauge!("pbxbridge_ari_connected").set(0.0);
+        metrics::counter!("pbxbridge_ari_reconnects_total").increment(1);
         let _ = state.send(AriState::Reconnecting {
             attempt,
             reason: reason.clone(),

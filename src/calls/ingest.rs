@@ -104,9 +104,14 @@ impl Pipeline {
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
                 origin = arrived;
                 match events::parse(&text) {
-                    Ok(ev) => self.event(&ev, arrived),
+                    Ok(ev) => {
+                        metrics::counter!("pbxbridge_ari_events_total", "type" => ev.type_name().to_string())
+                            .increment(1);
+                        self.event(&ev, arrived)
+                    }
                     Err(e) => {
                         self.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("pbxbridge_ari_parse_errors_total").increment(1);
                         let mut excerpt: String = text.chars().take(160).collect();
                         if excerpt.len() < text.len() {
                             excerpt.push('…');
@@ -212,23 +217,34 @@ fn log_update(u: &CallUpdate) {
     let ext = r.extension.as_deref().unwrap_or("-");
     match u.change {
         CallChange::Created => {
-            tracing::info!(id = %r.id, call_id = %r.call_id, direction = r.direction.as_str(), from, to, "call record created")
+            tracing::info!(id = %r.id, linkedid = %r.call_id, direction = %r.direction.as_str(), from = %from, to = %to, "Call record created")
         }
         CallChange::Ringing => {
             tracing::info!(call_id = %r.call_id, extension = ext, "call ringing")
         }
         CallChange::Answered => {
-            tracing::info!(call_id = %r.call_id, extension = ext, "call answered")
+            tracing::info!(id = %r.id, linkedid = %r.call_id, extension = %ext, "Call record answered")
         }
-        CallChange::Ended => tracing::info!(
-            call_id = %r.call_id,
-            status = r.status.map(|s| s.as_str()).unwrap_or("-"),
-            billsec = r.billsec,
-            cause = r.hangup_cause.unwrap_or(-1),
-            cause_txt = r.hangup_cause_text.as_deref().unwrap_or(""),
-            reconstructed = r.reconstructed,
-            "call ended"
-        ),
+        CallChange::Ended => {
+            let status = r.status.map(|s| s.as_str()).unwrap_or("-");
+            metrics::counter!(
+                "pbxbridge_calls_total",
+                "status" => status,
+                "direction" => r.direction.as_str()
+            )
+            .increment(1);
+            tracing::info!(
+                id = %r.id,
+                linkedid = %r.call_id,
+                direction = %r.direction.as_str(),
+                status = %status,
+                billsec = r.billsec,
+                cause = r.hangup_cause.unwrap_or(-1),
+                cause_txt = r.hangup_cause_text.as_deref().unwrap_or(""),
+                reconstructed = r.reconstructed,
+                "Call record finished"
+            )
+        }
         CallChange::Transferred => tracing::debug!(
             call_id = %r.call_id,
             extension = ext,

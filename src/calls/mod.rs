@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod labels;
 pub mod model;
 pub mod params;
+pub mod retention;
 pub mod rules;
 pub mod stats;
 pub mod store;

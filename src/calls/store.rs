@@ -259,6 +259,33 @@ fn bind_record<'q>(
         .bind(r.transferred_to.as_deref())
 }
 
+/// Rows deleted per statement by [`purge_before`] (short transactions, the writer is not
+/// held up).
+const PURGE_BATCH: i64 = 5_000;
+
+/// Deletes the finished records (state neither `ringing` nor `connected`) that started before
+/// `cutoff` (UTC), in batches of [`PURGE_BATCH`]; returns how many were deleted. Calls still
+/// live are never deleted, whatever their age.
+pub async fn purge_before(db: &Db, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
+    let cutoff = format_time(&cutoff);
+    let mut total = 0u64;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM calls WHERE id IN (SELECT id FROM calls WHERE start_time < $1 \
+             AND state NOT IN ('ringing', 'connected') LIMIT $2)",
+        )
+        .bind(cutoff.as_str())
+        .bind(PURGE_BATCH)
+        .execute(db.pool())
+        .await?
+        .rows_affected();
+        total = total.saturating_add(done);
+        if done < PURGE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// One record by its UUID.
 pub async fn get(db: &Db, id: &str) -> Result<Option<CallRecord>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1");

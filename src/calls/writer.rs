@@ -58,7 +58,7 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 const UNKNOWN_ATTEMPTS: u32 = 3;
 
 /// Counters of the writer (shared with `/health`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     /// Calls waiting to be committed (each counted once, however many updates it had).
     pub pending: AtomicU64,
@@ -69,6 +69,18 @@ pub struct WriterStats {
     /// Records the database refused since start, each kept in `call_write_errors`.
     pub write_errors: AtomicU64,
     latency: LatencyHistogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            pending: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            latency: LatencyHistogram::exported("pbxbridge_writer_commit_latency_seconds"),
+        }
+    }
 }
 
 impl WriterStats {

@@ -375,9 +375,9 @@ impl Provisioner {
                 applied += 1;
             }
         }
-        let ms = started.elapsed().as_millis();
+        let ms = reload_measured(started, problems.is_empty());
         if problems.is_empty() {
-            tracing::info!(file = %self.path.display(), "PJSIP: applied {applied} extension change(s) in {ms} ms ({} enabled in file)", rows.iter().filter(|e| e.enabled).count());
+            tracing::info!(file = %self.path.display(), applied, ms, enabled = rows.iter().filter(|e| e.enabled).count(), "PJSIP reload ok: applied {applied} extension change(s) in {ms} ms");
             Ok(())
         } else {
             if let Ok(mut d) = self.deleted.lock() {
@@ -386,7 +386,8 @@ impl Provisioner {
             // The file was accepted; reload again on the retry.
             st.needs_reload = true;
             self.count(|s| s.failures += 1);
-            tracing::warn!(file = %self.path.display(), "PJSIP: failed: {} (applied {applied} in {ms} ms); retrying with backoff", problems.join("; "));
+            let why = problems.join("; ");
+            tracing::warn!(file = %self.path.display(), applied, ms, why = %why, "PJSIP reload failed after {ms} ms: {why}; retrying with backoff");
             Err(())
         }
     }
@@ -531,9 +532,20 @@ impl Provisioner {
             d.extend(deleted.iter().cloned());
         }
         self.count(|s| s.failures += 1);
-        tracing::warn!(file = %self.path.display(), "PJSIP: failed after {} ms: {reason}; retrying with backoff", started.elapsed().as_millis());
+        let ms = reload_measured(started, false);
+        tracing::warn!(file = %self.path.display(), ms, why = %reason, "PJSIP reload failed after {ms} ms: {reason}; retrying with backoff");
         Err(())
     }
+}
+
+/// Counts one provisioning round that wrote, reloaded or verified (`ok` or `failed`) and its
+/// duration, for `/metrics`; returns the duration in ms.
+fn reload_measured(started: Instant, ok: bool) -> u64 {
+    let took = started.elapsed();
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("pbxbridge_extension_reloads_total", "result" => result).increment(1);
+    metrics::histogram!("pbxbridge_extension_reload_duration_seconds").record(took.as_secs_f64());
+    u64::try_from(took.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

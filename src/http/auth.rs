@@ -108,6 +108,9 @@ pub async fn require_token(
     let principal = authenticate(&state, &token)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(principal.clone());
+    let mut resp = next.run(req).await;
+    // For the access log (`access_log`), which sees only the response.
+    resp.extensions_mut().insert(principal);
+    Ok(resp)
 }

@@ -7,6 +7,7 @@
 //! become [`error::ApiError`] here; no domain module imports `http` (check with
 //! `python3 ../shared/tools/layers.py`).
 
+pub mod access_log;
 pub mod auth;
 pub mod calls;
 pub mod control;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod kavkom;
 pub mod kerio;
 pub mod live;
+pub mod metrics;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -131,6 +133,13 @@ impl AppState {
     }
 }
 
+/// Only `GET /metrics`, without a token, for `METRICS_LISTEN`.
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::router()
+        .layer(middleware::from_fn(access_log::access_log))
+        .with_state(state)
+}
+
 /// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
 /// 1 MiB body limit and request tracing.
 pub fn router(state: AppState) -> Router {
@@ -146,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .merge(extensions::router())
         .merge(kerio::router())
         .merge(kavkom::router())
+        .merge(metrics::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -191,5 +201,6 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(middleware::from_fn(access_log::access_log))
         .with_state(state)
 }

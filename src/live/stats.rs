@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::metrics::{LatencyHistogram, LatencySummary};
 
 /// Counters of the fan-out to live clients (WebSocket and SSE). All monotonic since start.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FanoutStats {
     /// UI messages written to clients (one per client per event).
     pub written: AtomicU64,
@@ -19,6 +19,17 @@ pub struct FanoutStats {
     /// Clients closed because their socket did not drain within the send timeout.
     pub slow_closed: AtomicU64,
     latency: LatencyHistogram,
+}
+
+impl Default for FanoutStats {
+    fn default() -> Self {
+        FanoutStats {
+            written: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            slow_closed: AtomicU64::new(0),
+            latency: LatencyHistogram::exported("pbxbridge_live_fanout_latency_seconds"),
+        }
+    }
 }
 
 impl FanoutStats {

@@ -4,6 +4,7 @@
 
 pub mod kavkom;
 pub mod kerio;
+pub mod observe;
 pub mod recording;
 pub mod state;
 

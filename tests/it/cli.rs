@@ -209,8 +209,18 @@ fn check_reports_each_component() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("database: ok"), "{text}");
-    assert!(text.contains("ari: failed"), "{text}");
+    let row = |c: &str| {
+        text.lines()
+            .find(|l| l.split("  ").next().map(str::trim) == Some(c))
+            .unwrap_or_else(|| panic!("no {c} row: {text}"))
+            .to_string()
+    };
+    assert!(text.starts_with("COMPONENT"), "{text}");
+    // A fresh database file: reachable, not migrated yet.
+    assert!(row("database").contains("FAILED"), "{text}");
+    assert!(text.contains("fix: run `pbxbridge migrate`"), "{text}");
+    assert!(row("ari").contains("FAILED"), "{text}");
+    assert!(text.contains("fix: check ARI_URL"), "{text}");
     assert!(
         !text.contains("pw-never-shown")
             && !String::from_utf8_lossy(&out.stderr).contains("pw-never-shown")

@@ -115,6 +115,8 @@ pub struct PbxState {
     /// The next this many AMI connections go quiet right after a successful login: nothing
     /// more is read or written, the TCP connection stays open (a half-open link).
     pub deaf_after_login: usize,
+    /// ARI: accept only this `user:password` (HTTP basic), else 401. `None`: anything.
+    pub ari_auth: Option<String>,
 }
 
 impl PbxState {
@@ -456,10 +458,57 @@ impl FakeAri {
             s.reload();
             s.reloads = 0;
         }
+        /// The body of a GET in the REST capture (`actions/ari-rest.jsonl`).
+        fn captured(path: &str) -> serde_json::Value {
+            let text = std::fs::read_to_string(
+                support::fixtures().join("captures/actions/ari-rest.jsonl"),
+            )
+            .unwrap();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["method"] == "GET" && v["path"] == path)
+                .map(|v| v["body"].clone())
+                .unwrap()
+        }
+        async fn auth(
+            State(s): State<S>,
+            req: axum::extract::Request,
+            next: axum::middleware::Next,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            use base64::Engine;
+            let want = s.lock().unwrap().ari_auth.clone();
+            if let Some(want) = want {
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(want)
+                );
+                let got = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                if got != Some(expected.as_str()) {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"message": "Authentication required"})),
+                    )
+                        .into_response();
+                }
+            }
+            next.run(req).await
+        }
+        let info = captured("/ari/asterisk/info");
+        let applications = captured("/ari/applications");
         let app = Router::new()
             .route("/ari/asterisk/modules/{module}", put(reload))
             .route("/ari/endpoints", get(endpoints))
             .route("/ari/endpoints/{tech}/{res}", get(endpoint))
+            .route("/ari/asterisk/info", get(move || async move { Json(info) }))
+            .route(
+                "/ari/applications",
+                get(move || async move { Json(applications) }),
+            )
+            .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

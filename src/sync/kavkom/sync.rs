@@ -182,7 +182,14 @@ pub async fn run(
                 order.observe(r.start_time);
                 newest = newest.max(Some(r.start_time));
             }
+            let skipped_before = p.report.skipped;
             write_page(k, records, &mut p.report).await?;
+            crate::sync::observe::page(
+                "kavkom",
+                page as u64,
+                n as u64,
+                p.report.skipped.saturating_sub(skipped_before),
+            );
             if track && order.ascending() {
                 mark = advance(k, mark, newest).await?;
             }
@@ -267,6 +274,7 @@ fn map_page(
             },
             Err(reason) => {
                 report.skipped += 1;
+                crate::sync::observe::error("kavkom");
                 let text = item.to_string();
                 if logged.insert(text.clone()) {
                     tracing::warn!(

@@ -299,12 +299,15 @@ impl Run<'_> {
             newest: None,
             oldest: None,
         };
+        let mut skipped = 0u64;
         for item in items {
             self.report.fetched += 1;
             let rec = match map::history_record(&self.kerio.agents, item) {
                 Ok(r) => r,
                 Err(e) => {
                     self.report.skipped += 1;
+                    skipped += 1;
+                    crate::sync::observe::error("kerio");
                     tracing::warn!(item = %truncate(item), "Kerio history item skipped: {e}");
                     continue;
                 }
@@ -334,6 +337,14 @@ impl Run<'_> {
                 self.report.updated += 1;
             }
         }
+        crate::sync::observe::page(
+            "kerio",
+            u64::try_from(seg.start)
+                .unwrap_or(0)
+                .div_ceil(u64::try_from(limit).unwrap_or(1).max(1)),
+            items.len() as u64,
+            skipped,
+        );
         (self.progress)(self.report.fetched, self.total.max(self.report.fetched));
         Ok(Some(page))
     }
