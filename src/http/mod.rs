@@ -15,6 +15,7 @@ pub mod health;
 pub mod kavkom;
 pub mod kerio;
 pub mod live;
+pub mod openapi;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .merge(extensions::router())
         .merge(kerio::router())
         .merge(kavkom::router())
+        .merge(openapi::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -178,6 +180,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(users::public_router())
+        .merge(openapi::docs_router())
         .merge(protected)
         .layer(h("x-content-type-options", "nosniff"))
         .layer(h("x-frame-options", "DENY"))

@@ -13,6 +13,7 @@ mod kavkom;
 mod kerio;
 mod link;
 mod live;
+mod openapi;
 mod supervise;
 mod support;
 mod users;
