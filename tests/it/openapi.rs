@@ -220,13 +220,14 @@ fn the_document_is_valid_openapi_3_1() {
             );
             // Every JSON error response is the ApiError shape (but a degraded `/health`).
             for (status, r) in responses {
-                if (status.starts_with('4') || status.starts_with('5')) && path != "/health" {
-                    if let Some(s) = r["content"]["application/json"]["schema"].as_object() {
-                        assert_eq!(
-                            s["$ref"], "#/components/schemas/ErrorBody",
-                            "{m} {path} {status}"
-                        );
-                    }
+                if (status.starts_with('4') || status.starts_with('5'))
+                    && path != "/health"
+                    && let Some(s) = r["content"]["application/json"]["schema"].as_object()
+                {
+                    assert_eq!(
+                        s["$ref"], "#/components/schemas/ErrorBody",
+                        "{m} {path} {status}"
+                    );
                 }
             }
             // Security: explicit on every operation; none exactly on the public paths.
