@@ -837,6 +837,7 @@ fn call_stats() {}
         (status = 101, description = "Switched to WebSocket; frames are `LiveMessage` JSON"),
         (status = 400, description = "Not a WebSocket handshake, or an unknown event name (`bad_request`)", body = ErrorBody),
         (status = 403, description = "The browser origin is not in `CORS_ORIGINS` (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The connection's socket could not be taken over (`unavailable`)", body = ErrorBody),
     ))]
 fn live_ws() {}
 
@@ -1022,6 +1023,7 @@ fn kerio_recording() {}
 /// Check the Kavkom token and domain
 #[utoipa::path(get, path = "/kavkom/auth/verify", tag = "kavkom", responses(
     (status = 200, description = "Kavkom accepted them", body = KavkomVerify),
+    (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
     (status = 502, description = "Kavkom refused or failed (`upstream_error`)", body = ErrorBody),
     (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
 ))]
@@ -1035,6 +1037,7 @@ fn kavkom_verify() {}
         (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
         (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
         (status = 409, description = "A Kavkom sync is already running (`conflict`)", body = ErrorBody),
+        (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
         (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
         (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
     ))]
@@ -1049,6 +1052,7 @@ fn kavkom_sync() {}
         (status = 400, description = "The body is not JSON (`bad_request`, `field`: `body`)", body = ErrorBody),
         (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
         (status = 422, description = "`extension` or `number` missing or not a phone number (`invalid`)", body = ErrorBody),
+        (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
         (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
         (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
     ))]
