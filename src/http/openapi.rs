@@ -7,20 +7,19 @@
 //!   `/openapi.json` with it.
 //!
 //! Every route has an entry here, so handler files stay as they are: a doc-only stub with
-//! `#[utoipa::path]` per operation (listed in [`ApiDoc`]'s `paths`), and, for the bodies the
-//! handlers build with `json!`, a doc type mirroring their shape (types that are serialized
-//! as they are, such as [`CallRecord`] or [`SyncReport`], derive `ToSchema` where they are
-//! defined). [`document`] adds, in one place, the bearer/`?token=` security to every route
-//! but the public ones ([`PUBLIC`]), and the 401 and 500 error responses. Every error body
-//! is [`ErrorBody`] (`src/http/error.rs`).
+//! `#[utoipa::path]` per operation (in `mod ops`, listed in [`ApiDoc`]'s `paths`), and, for
+//! the bodies the handlers build with `json!`, a doc type mirroring their shape (types that
+//! are serialized as they are, such as [`CallRecord`] or [`SyncReport`], derive `ToSchema`
+//! where they are defined). [`document`] adds, in one place, the bearer/`?token=` security
+//! to every route but the public ones ([`PUBLIC`]), and the 401 and 500 error responses.
+//! Every error body is [`ErrorBody`] (`src/http/error.rs`).
 //!
-//! To add a route: write its stub below (path, parameters, body, every status it answers),
-//! add the stub to `paths(...)` and new doc types to `components(schemas(...))`; a public
-//! route also goes into [`PUBLIC`]. `tests/it/openapi.rs` fails while a routed path or
-//! method has no entry, when an entry has no route, and when the document does not validate
-//! as OpenAPI 3.1.
-
-#![allow(dead_code)] // doc-only stubs and types: read by the utoipa macros, never called
+//! To add a route: write its stub in `mod ops` (path, parameters, body, every status it
+//! answers), add `ops::NAME` to `paths(...)` and new doc types to
+//! `components(schemas(...))`; a public route also goes into [`PUBLIC`].
+//! `tests/it/openapi.rs` fails while a routed path or method has no entry, when an entry
+//! has no route, when the document does not validate as OpenAPI 3.1, and when a served body
+//! does not match its documented schema.
 
 use axum::Router;
 use axum::extract::Path;
@@ -227,33 +226,33 @@ async fn docs_asset(Path(asset): Path<String>) -> Response {
                        `{\"error\": {\"code\", \"message\", \"field\"?}}` (`ErrorBody`)."
     ),
     paths(
-        health,
-        login,
-        me,
-        list_calls,
-        active_calls,
-        get_call,
-        call_stats,
-        live_ws,
-        live_events,
-        list_extensions,
-        create_extension,
-        get_extension_by_number,
-        get_extension,
-        replace_extension,
-        patch_extension,
-        delete_extension,
-        extension_status,
-        kerio_verify,
-        kerio_sync,
-        kerio_recording,
-        kavkom_verify,
-        kavkom_sync,
-        kavkom_click_to_call,
-        kavkom_recording,
-        openapi_document,
-        docs,
-        docs_file,
+        ops::health,
+        ops::login,
+        ops::me,
+        ops::list_calls,
+        ops::active_calls,
+        ops::get_call,
+        ops::call_stats,
+        ops::live_ws,
+        ops::live_events,
+        ops::list_extensions,
+        ops::create_extension,
+        ops::get_extension_by_number,
+        ops::get_extension,
+        ops::replace_extension,
+        ops::patch_extension,
+        ops::delete_extension,
+        ops::extension_status,
+        ops::kerio_verify,
+        ops::kerio_sync,
+        ops::kerio_recording,
+        ops::kavkom_verify,
+        ops::kavkom_sync,
+        ops::kavkom_click_to_call,
+        ops::kavkom_recording,
+        ops::openapi_document,
+        ops::docs,
+        ops::docs_file,
     ),
     components(schemas(
         ErrorBody,
@@ -722,383 +721,388 @@ pub struct ClickToCallResult {
 }
 
 // ---------------------------------------------------------------------------------------
-// One doc-only stub per operation.
+// One doc-only stub per operation: read by the utoipa macros, never called.
 
-/// Health of the daemon
-///
-/// Database and ARI state, pipeline counters, live fan-out counters and the supervised
-/// tasks. No token.
-#[utoipa::path(get, path = "/health", tag = "health", responses(
-    (status = 200, description = "Healthy", body = Health),
-    (status = 503, description = "Degraded: the database is down or a call-recording task is not running", body = Health),
-))]
-fn health() {}
+#[allow(dead_code)]
+mod ops {
+    use super::*;
 
-/// Log in
-///
-/// Returns a JWT for `Authorization: Bearer`. Rate-limited per client IP and per user name
-/// (5 failures a minute, then 429 with `Retry-After`).
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, description = "Logged in", body = LoginResponse),
-    (status = 400, description = "The body is not JSON (`bad_request`)", body = ErrorBody),
-    (status = 401, description = "Wrong user name or password (`unauthorized`)", body = ErrorBody),
-    (status = 422, description = "`username` or `password` missing (`invalid`, `field` names it)", body = ErrorBody),
-    (status = 429, description = "Too many failures (`too_many_requests`)", body = ErrorBody,
-        headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
-    (status = 503, description = "Logins are off: `JWT_SECRET` is not set (`unavailable`)", body = ErrorBody),
-))]
-fn login() {}
-
-/// Who the caller is
-#[utoipa::path(get, path = "/auth/me", tag = "auth", responses(
-    (status = 200, description = "The caller", body = Me),
-))]
-fn me() {}
-
-/// Call history
-///
-/// Newest first, paged; or every matching call as CSV (UTF-8 with a BOM, streamed) with
-/// `format=csv` or `Accept: text/csv`. A bad parameter is a 400 naming it.
-#[utoipa::path(get, path = "/calls", tag = "calls",
-    params(
-        CallFilterParams,
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50; JSON only)"),
-        ("offset" = Option<i64>, Query, minimum = 0, description = "Calls to skip (JSON only)"),
-        ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
-    ),
-    responses(
-        (status = 200, description = "A page of calls, or the CSV export", content(
-            (CallPage = "application/json"),
-            (String = "text/csv"),
-        )),
-        (status = 400, description = "A parameter is malformed (`bad_request`, `field` names it)", body = ErrorBody),
+    /// Health of the daemon
+    ///
+    /// Database and ARI state, pipeline counters, live fan-out counters and the supervised
+    /// tasks. No token.
+    #[utoipa::path(get, path = "/health", tag = "health", responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "Degraded: the database is down or a call-recording task is not running", body = Health),
     ))]
-fn list_calls() {}
+    fn health() {}
 
-/// The filters of `/calls` and `/stats/calls`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct CallFilterParams {
-    /// From this time (RFC 3339, or a date `YYYY-MM-DD` meaning midnight UTC).
-    pub from: Option<String>,
-    /// Until this time (same forms); not before `from`.
-    pub to: Option<String>,
-    /// `inbound`, `outbound` or `internal`.
-    pub direction: Option<Direction>,
-    /// `answered`, `missed`, `busy` or `failed`.
-    pub status: Option<CallStatus>,
-    /// The agent's extension.
-    pub extension: Option<String>,
-    /// A number the call was from or to.
-    pub number: Option<String>,
-    /// `asterisk`, `kerio` or `kavkom`.
-    pub source: Option<Source>,
-}
-
-/// Calls in progress
-#[utoipa::path(get, path = "/calls/active", tag = "calls", responses(
-    (status = 200, description = "Calls in progress", body = ActiveCalls),
-))]
-fn active_calls() {}
-
-/// One call
-#[utoipa::path(get, path = "/calls/{id}", tag = "calls",
-    params(("id" = String, Path, format = Uuid, description = "Call record id")),
-    responses(
-        (status = 200, description = "The call", body = CallJson),
-        (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+    /// Log in
+    ///
+    /// Returns a JWT for `Authorization: Bearer`. Rate-limited per client IP and per user name
+    /// (5 failures a minute, then 429 with `Retry-After`).
+    #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "The body is not JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Wrong user name or password (`unauthorized`)", body = ErrorBody),
+        (status = 422, description = "`username` or `password` missing (`invalid`, `field` names it)", body = ErrorBody),
+        (status = 429, description = "Too many failures (`too_many_requests`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+        (status = 503, description = "Logins are off: `JWT_SECRET` is not set (`unavailable`)", body = ErrorBody),
     ))]
-fn get_call() {}
+    fn login() {}
 
-/// Call statistics
-///
-/// Finished calls grouped by day, hour or extension: counts by status, answer rate, mean
-/// ring and talk seconds.
-#[utoipa::path(get, path = "/stats/calls", tag = "calls",
-    params(
-        ("groupBy" = Option<String>, Query, description = "`day` (default), `hour` or `extension`"),
-        CallFilterParams,
-    ),
-    responses(
-        (status = 200, description = "Statistics", body = CallStats),
-        (status = 400, description = "A parameter is malformed (`bad_request`, `field` names it)", body = ErrorBody),
+    /// Who the caller is
+    #[utoipa::path(get, path = "/auth/me", tag = "auth", responses(
+        (status = 200, description = "The caller", body = Me),
     ))]
-fn call_stats() {}
+    fn me() {}
 
-/// Live events over WebSocket
-///
-/// Upgrades to a WebSocket; each text frame is one `LiveMessage`, starting with a
-/// `snapshot`. Pinged every 30 s, closed after 75 s without a pong, or (code 1008) when the
-/// client takes nothing for `LIVE_SEND_TIMEOUT`.
-#[utoipa::path(get, path = "/ws", tag = "live",
-    params(LiveFilterParams),
-    responses(
-        (status = 101, description = "Switched to WebSocket; frames are `LiveMessage` JSON"),
-        (status = 400, description = "Not a WebSocket handshake, or an unknown event name (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "The browser origin is not in `CORS_ORIGINS` (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The connection's socket could not be taken over (`unavailable`)", body = ErrorBody),
+    /// Call history
+    ///
+    /// Newest first, paged; or every matching call as CSV (UTF-8 with a BOM, streamed) with
+    /// `format=csv` or `Accept: text/csv`. A bad parameter is a 400 naming it.
+    #[utoipa::path(get, path = "/calls", tag = "calls",
+        params(
+            CallFilterParams,
+            ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50; JSON only)"),
+            ("offset" = Option<i64>, Query, minimum = 0, description = "Calls to skip (JSON only)"),
+            ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
+        ),
+        responses(
+            (status = 200, description = "A page of calls, or the CSV export", content(
+                (CallPage = "application/json"),
+                (String = "text/csv"),
+            )),
+            (status = 400, description = "A parameter is malformed (`bad_request`, `field` names it)", body = ErrorBody),
+        ))]
+    fn list_calls() {}
+
+    /// The filters of `/calls` and `/stats/calls`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct CallFilterParams {
+        /// From this time (RFC 3339, or a date `YYYY-MM-DD` meaning midnight UTC).
+        pub from: Option<String>,
+        /// Until this time (same forms); not before `from`.
+        pub to: Option<String>,
+        /// `inbound`, `outbound` or `internal`.
+        pub direction: Option<Direction>,
+        /// `answered`, `missed`, `busy` or `failed`.
+        pub status: Option<CallStatus>,
+        /// The agent's extension.
+        pub extension: Option<String>,
+        /// A number the call was from or to.
+        pub number: Option<String>,
+        /// `asterisk`, `kerio` or `kavkom`.
+        pub source: Option<Source>,
+    }
+
+    /// Calls in progress
+    #[utoipa::path(get, path = "/calls/active", tag = "calls", responses(
+        (status = 200, description = "Calls in progress", body = ActiveCalls),
     ))]
-fn live_ws() {}
+    fn active_calls() {}
 
-/// Live events as Server-Sent Events
-///
-/// A `text/event-stream`; each event's data is one `LiveMessage`, starting with a `snapshot`.
-#[utoipa::path(get, path = "/events", tag = "live",
-    params(LiveFilterParams),
-    responses(
-        (status = 200, description = "The event stream", content(
-            (LiveMessage = "text/event-stream"),
-        )),
-        (status = 400, description = "An unknown event name (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "The browser origin is not in `CORS_ORIGINS` (`forbidden`)", body = ErrorBody),
-    ))]
-fn live_events() {}
+    /// One call
+    #[utoipa::path(get, path = "/calls/{id}", tag = "calls",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call", body = CallJson),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+        ))]
+    fn get_call() {}
 
-/// The filters of the live routes.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LiveFilterParams {
-    /// Only calls of this agent and this extension's status.
-    pub extension: Option<String>,
-    /// Comma-separated event names: `incoming_call`, `call_status`, `extension_status`.
-    pub events: Option<String>,
-}
+    /// Call statistics
+    ///
+    /// Finished calls grouped by day, hour or extension: counts by status, answer rate, mean
+    /// ring and talk seconds.
+    #[utoipa::path(get, path = "/stats/calls", tag = "calls",
+        params(
+            ("groupBy" = Option<String>, Query, description = "`day` (default), `hour` or `extension`"),
+            CallFilterParams,
+        ),
+        responses(
+            (status = 200, description = "Statistics", body = CallStats),
+            (status = 400, description = "A parameter is malformed (`bad_request`, `field` names it)", body = ErrorBody),
+        ))]
+    fn call_stats() {}
 
-/// List extensions
-#[utoipa::path(get, path = "/extensions", tag = "extensions",
-    params(
-        ("q" = Option<String>, Query, description = "Search in number and name"),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
-        ("offset" = Option<i64>, Query, minimum = 0, description = "Extensions to skip"),
-    ),
-    responses(
-        (status = 200, description = "A page of extensions", body = ExtensionPage),
-        (status = 400, description = "`limit` or `offset` malformed (`bad_request`)", body = ErrorBody),
-    ))]
-fn list_extensions() {}
+    /// Live events over WebSocket
+    ///
+    /// Upgrades to a WebSocket; each text frame is one `LiveMessage`, starting with a
+    /// `snapshot`. Pinged every 30 s, closed after 75 s without a pong, or (code 1008) when the
+    /// client takes nothing for `LIVE_SEND_TIMEOUT`.
+    #[utoipa::path(get, path = "/ws", tag = "live",
+        params(LiveFilterParams),
+        responses(
+            (status = 101, description = "Switched to WebSocket; frames are `LiveMessage` JSON"),
+            (status = 400, description = "Not a WebSocket handshake, or an unknown event name (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "The browser origin is not in `CORS_ORIGINS` (`forbidden`)", body = ErrorBody),
+            (status = 503, description = "The connection's socket could not be taken over (`unavailable`)", body = ErrorBody),
+        ))]
+    fn live_ws() {}
 
-/// Create an extension (admin)
-///
-/// Provisioned into the PJSIP include and Asterisk reloaded in the background; see
-/// `provisioning` and `/extensions/{id}/status`.
-#[utoipa::path(post, path = "/extensions", tag = "extensions", request_body = ExtensionInput,
-    responses(
-        (status = 201, description = "Created", body = ExtensionCreated,
-            headers(("Location" = String, description = "`/extensions/{id}`"))),
-        (status = 400, description = "The body is not a JSON object (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
-        (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
-    ))]
-fn create_extension() {}
+    /// Live events as Server-Sent Events
+    ///
+    /// A `text/event-stream`; each event's data is one `LiveMessage`, starting with a `snapshot`.
+    #[utoipa::path(get, path = "/events", tag = "live",
+        params(LiveFilterParams),
+        responses(
+            (status = 200, description = "The event stream", content(
+                (LiveMessage = "text/event-stream"),
+            )),
+            (status = 400, description = "An unknown event name (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "The browser origin is not in `CORS_ORIGINS` (`forbidden`)", body = ErrorBody),
+        ))]
+    fn live_events() {}
 
-/// One extension by number
-#[utoipa::path(get, path = "/extensions/by-number/{extension}", tag = "extensions",
-    params(("extension" = String, Path, pattern = "^[0-9]{2,10}$", description = "The number")),
-    responses(
-        (status = 200, description = "The extension", body = ExtensionJson),
-        (status = 400, description = "Not 2–10 digits (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-    ))]
-fn get_extension_by_number() {}
+    /// The filters of the live routes.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct LiveFilterParams {
+        /// Only calls of this agent and this extension's status.
+        pub extension: Option<String>,
+        /// Comma-separated event names: `incoming_call`, `call_status`, `extension_status`.
+        pub events: Option<String>,
+    }
 
-/// One extension
-#[utoipa::path(get, path = "/extensions/{id}", tag = "extensions",
-    params(("id" = String, Path, format = Uuid, description = "Extension id")),
-    responses(
-        (status = 200, description = "The extension", body = ExtensionJson),
-        (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-    ))]
-fn get_extension() {}
+    /// List extensions
+    #[utoipa::path(get, path = "/extensions", tag = "extensions",
+        params(
+            ("q" = Option<String>, Query, description = "Search in number and name"),
+            ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
+            ("offset" = Option<i64>, Query, minimum = 0, description = "Extensions to skip"),
+        ),
+        responses(
+            (status = 200, description = "A page of extensions", body = ExtensionPage),
+            (status = 400, description = "`limit` or `offset` malformed (`bad_request`)", body = ErrorBody),
+        ))]
+    fn list_extensions() {}
 
-/// Replace an extension (admin)
-///
-/// Absent fields take their defaults; the password is kept unless given (required when the
-/// number changes).
-#[utoipa::path(put, path = "/extensions/{id}", tag = "extensions", request_body = ExtensionInput,
-    params(("id" = String, Path, format = Uuid, description = "Extension id")),
-    responses(
-        (status = 200, description = "The extension as stored", body = ExtensionJson),
-        (status = 400, description = "`id` is not a UUID, or the body is not a JSON object (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-        (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
-        (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
-    ))]
-fn replace_extension() {}
+    /// Create an extension (admin)
+    ///
+    /// Provisioned into the PJSIP include and Asterisk reloaded in the background; see
+    /// `provisioning` and `/extensions/{id}/status`.
+    #[utoipa::path(post, path = "/extensions", tag = "extensions", request_body = ExtensionInput,
+        responses(
+            (status = 201, description = "Created", body = ExtensionCreated,
+                headers(("Location" = String, description = "`/extensions/{id}`"))),
+            (status = 400, description = "The body is not a JSON object (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
+            (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
+        ))]
+    fn create_extension() {}
 
-/// Change some fields of an extension (admin)
-///
-/// Absent fields keep their values.
-#[utoipa::path(patch, path = "/extensions/{id}", tag = "extensions", request_body = ExtensionInput,
-    params(("id" = String, Path, format = Uuid, description = "Extension id")),
-    responses(
-        (status = 200, description = "The extension as stored", body = ExtensionJson),
-        (status = 400, description = "`id` is not a UUID, or the body is not a JSON object (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-        (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
-        (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
-    ))]
-fn patch_extension() {}
+    /// One extension by number
+    #[utoipa::path(get, path = "/extensions/by-number/{extension}", tag = "extensions",
+        params(("extension" = String, Path, pattern = "^[0-9]{2,10}$", description = "The number")),
+        responses(
+            (status = 200, description = "The extension", body = ExtensionJson),
+            (status = 400, description = "Not 2–10 digits (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+        ))]
+    fn get_extension_by_number() {}
 
-/// Delete an extension (admin)
-#[utoipa::path(delete, path = "/extensions/{id}", tag = "extensions",
-    params(("id" = String, Path, format = Uuid, description = "Extension id")),
-    responses(
-        (status = 204, description = "Deleted; removed from Asterisk in the background"),
-        (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-    ))]
-fn delete_extension() {}
+    /// One extension
+    #[utoipa::path(get, path = "/extensions/{id}", tag = "extensions",
+        params(("id" = String, Path, format = Uuid, description = "Extension id")),
+        responses(
+            (status = 200, description = "The extension", body = ExtensionJson),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+        ))]
+    fn get_extension() {}
 
-/// Registration status of an extension, from Asterisk
-#[utoipa::path(get, path = "/extensions/{id}/status", tag = "extensions",
-    params(("id" = String, Path, format = Uuid, description = "Extension id")),
-    responses(
-        (status = 200, description = "The status", body = ExtensionStatus),
-        (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
-        (status = 503, description = "Extension provisioning is not running (`unavailable`)", body = ErrorBody),
-    ))]
-fn extension_status() {}
+    /// Replace an extension (admin)
+    ///
+    /// Absent fields take their defaults; the password is kept unless given (required when the
+    /// number changes).
+    #[utoipa::path(put, path = "/extensions/{id}", tag = "extensions", request_body = ExtensionInput,
+        params(("id" = String, Path, format = Uuid, description = "Extension id")),
+        responses(
+            (status = 200, description = "The extension as stored", body = ExtensionJson),
+            (status = 400, description = "`id` is not a UUID, or the body is not a JSON object (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+            (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
+            (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
+        ))]
+    fn replace_extension() {}
 
-/// Check the Kerio Operator login
-#[utoipa::path(get, path = "/kerio/auth/verify", tag = "kerio", responses(
-    (status = 200, description = "Logged in to the appliance", body = KerioVerify),
-    (status = 502, description = "The appliance refused or failed (`upstream_error`)", body = ErrorBody),
-    (status = 503, description = "Kerio is not configured (`unavailable`)", body = ErrorBody),
-))]
-fn kerio_verify() {}
+    /// Change some fields of an extension (admin)
+    ///
+    /// Absent fields keep their values.
+    #[utoipa::path(patch, path = "/extensions/{id}", tag = "extensions", request_body = ExtensionInput,
+        params(("id" = String, Path, format = Uuid, description = "Extension id")),
+        responses(
+            (status = 200, description = "The extension as stored", body = ExtensionJson),
+            (status = 400, description = "`id` is not a UUID, or the body is not a JSON object (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+            (status = 409, description = "The number exists (`conflict`, `field`: `extension`)", body = ErrorBody),
+            (status = 422, description = "A field is invalid (`invalid`, `field` names it)", body = ErrorBody),
+        ))]
+    fn patch_extension() {}
 
-/// Sync Kerio call history now (admin)
-///
-/// Without parameters, a scheduled-style run from the watermark.
-#[utoipa::path(post, path = "/kerio/sync", tag = "kerio",
-    params(SyncParams),
-    responses(
-        (status = 200, description = "What the run did", body = SyncReport),
-        (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 409, description = "A Kerio sync is already running (`conflict`)", body = ErrorBody),
-        (status = 502, description = "The appliance failed (`upstream_error`)", body = ErrorBody),
+    /// Delete an extension (admin)
+    #[utoipa::path(delete, path = "/extensions/{id}", tag = "extensions",
+        params(("id" = String, Path, format = Uuid, description = "Extension id")),
+        responses(
+            (status = 204, description = "Deleted; removed from Asterisk in the background"),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+        ))]
+    fn delete_extension() {}
+
+    /// Registration status of an extension, from Asterisk
+    #[utoipa::path(get, path = "/extensions/{id}/status", tag = "extensions",
+        params(("id" = String, Path, format = Uuid, description = "Extension id")),
+        responses(
+            (status = 200, description = "The status", body = ExtensionStatus),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such extension (`not_found`)", body = ErrorBody),
+            (status = 503, description = "Extension provisioning is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn extension_status() {}
+
+    /// Check the Kerio Operator login
+    #[utoipa::path(get, path = "/kerio/auth/verify", tag = "kerio", responses(
+        (status = 200, description = "Logged in to the appliance", body = KerioVerify),
+        (status = 502, description = "The appliance refused or failed (`upstream_error`)", body = ErrorBody),
         (status = 503, description = "Kerio is not configured (`unavailable`)", body = ErrorBody),
     ))]
-fn kerio_sync() {}
+    fn kerio_verify() {}
 
-/// The range of a sync.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(non_snake_case)]
-pub struct SyncParams {
-    /// From this time (RFC 3339 or `YYYY-MM-DD`).
-    pub startDate: Option<String>,
-    /// Until this time (same forms).
-    pub endDate: Option<String>,
-    /// Only this extension's calls.
-    pub extension: Option<String>,
+    /// Sync Kerio call history now (admin)
+    ///
+    /// Without parameters, a scheduled-style run from the watermark.
+    #[utoipa::path(post, path = "/kerio/sync", tag = "kerio",
+        params(SyncParams),
+        responses(
+            (status = 200, description = "What the run did", body = SyncReport),
+            (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 409, description = "A Kerio sync is already running (`conflict`)", body = ErrorBody),
+            (status = 502, description = "The appliance failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Kerio is not configured (`unavailable`)", body = ErrorBody),
+        ))]
+    fn kerio_sync() {}
+
+    /// The range of a sync.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    #[allow(non_snake_case)]
+    pub struct SyncParams {
+        /// From this time (RFC 3339 or `YYYY-MM-DD`).
+        pub startDate: Option<String>,
+        /// Until this time (same forms).
+        pub endDate: Option<String>,
+        /// Only this extension's calls.
+        pub extension: Option<String>,
+    }
+
+    /// Recording of a Kerio call
+    ///
+    /// Fetched from the appliance once, then served from the cache; `Range` requests get 206.
+    #[utoipa::path(get, path = "/kerio/calls/{call_id}/recording", tag = "kerio",
+        params(
+            ("call_id" = String, Path, description = "The call record id, or Kerio's call id"),
+            ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-`"),
+        ),
+        responses(
+            (status = 200, description = "The audio", content(("audio/*"), ("application/octet-stream"))),
+            (status = 206, description = "The requested range", content(("audio/*"), ("application/octet-stream"))),
+            (status = 404, description = "No such Kerio call, or it has no recording (`not_found`)", body = ErrorBody),
+            (status = 416, description = "The range is outside the file"),
+            (status = 502, description = "The appliance failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Kerio is not configured (`unavailable`)", body = ErrorBody),
+        ))]
+    fn kerio_recording() {}
+
+    /// Check the Kavkom token and domain
+    #[utoipa::path(get, path = "/kavkom/auth/verify", tag = "kavkom", responses(
+        (status = 200, description = "Kavkom accepted them", body = KavkomVerify),
+        (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
+        (status = 502, description = "Kavkom refused or failed (`upstream_error`)", body = ErrorBody),
+        (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
+    ))]
+    fn kavkom_verify() {}
+
+    /// Sync Kavkom call history now (admin)
+    #[utoipa::path(post, path = "/kavkom/sync", tag = "kavkom",
+        params(SyncParams),
+        responses(
+            (status = 200, description = "What the run did", body = KavkomSync),
+            (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 409, description = "A Kavkom sync is already running (`conflict`)", body = ErrorBody),
+            (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
+            (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
+        ))]
+    fn kavkom_sync() {}
+
+    /// Click-to-call through Kavkom (admin)
+    ///
+    /// Rings the agent's extension, then calls the number.
+    #[utoipa::path(post, path = "/kavkom/calls", tag = "kavkom", request_body = ClickToCall,
+        responses(
+            (status = 200, description = "The call was placed", body = ClickToCallResult),
+            (status = 400, description = "The body is not JSON (`bad_request`, `field`: `body`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 422, description = "`extension` or `number` missing or not a phone number (`invalid`)", body = ErrorBody),
+            (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
+            (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
+        ))]
+    fn kavkom_click_to_call() {}
+
+    /// Recording of a Kavkom call
+    ///
+    /// Fetched from Kavkom once, then served from the cache; `Range` requests get 206.
+    #[utoipa::path(get, path = "/kavkom/calls/{call_id}/recording", tag = "kavkom",
+        params(
+            ("call_id" = String, Path, description = "Kavkom's CDR uuid, or the call record id"),
+            ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-`"),
+        ),
+        responses(
+            (status = 200, description = "The audio", content(("audio/*"), ("application/octet-stream"))),
+            (status = 206, description = "The requested range", content(("audio/*"), ("application/octet-stream"))),
+            (status = 400, description = "`callId` is empty or too long (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such Kavkom call, or it has no recording (`not_found`)", body = ErrorBody),
+            (status = 416, description = "The range is outside the file"),
+            (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
+        ))]
+    fn kavkom_recording() {}
+
+    /// This document
+    ///
+    /// OpenAPI 3.1, generated from the code.
+    #[utoipa::path(get, path = "/openapi.json", tag = "docs", responses(
+        (status = 200, description = "The OpenAPI document", content(("application/json"))),
+    ))]
+    fn openapi_document() {}
+
+    /// The docs page
+    ///
+    /// Swagger UI, compiled into the binary. No token: the page asks for one, then loads
+    /// `/openapi.json` with it.
+    #[utoipa::path(get, path = "/docs", tag = "docs", responses(
+        (status = 200, description = "The page", content(("text/html"))),
+    ))]
+    fn docs() {}
+
+    /// A file of the docs page
+    #[utoipa::path(get, path = "/docs/{asset}", tag = "docs",
+        params(("asset" = String, Path, description = "`swagger-ui-bundle.js`, `swagger-ui.css`, `docs.js` or `docs.css`")),
+        responses(
+            (status = 200, description = "The file", content(("text/javascript"), ("text/css"))),
+            (status = 404, description = "No such file (`not_found`)", body = ErrorBody),
+        ))]
+    fn docs_file() {}
 }
-
-/// Recording of a Kerio call
-///
-/// Fetched from the appliance once, then served from the cache; `Range` requests get 206.
-#[utoipa::path(get, path = "/kerio/calls/{call_id}/recording", tag = "kerio",
-    params(
-        ("call_id" = String, Path, description = "The call record id, or Kerio's call id"),
-        ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-`"),
-    ),
-    responses(
-        (status = 200, description = "The audio", content(("audio/*"), ("application/octet-stream"))),
-        (status = 206, description = "The requested range", content(("audio/*"), ("application/octet-stream"))),
-        (status = 404, description = "No such Kerio call, or it has no recording (`not_found`)", body = ErrorBody),
-        (status = 416, description = "The range is outside the file"),
-        (status = 502, description = "The appliance failed (`upstream_error`)", body = ErrorBody),
-        (status = 503, description = "Kerio is not configured (`unavailable`)", body = ErrorBody),
-    ))]
-fn kerio_recording() {}
-
-/// Check the Kavkom token and domain
-#[utoipa::path(get, path = "/kavkom/auth/verify", tag = "kavkom", responses(
-    (status = 200, description = "Kavkom accepted them", body = KavkomVerify),
-    (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
-    (status = 502, description = "Kavkom refused or failed (`upstream_error`)", body = ErrorBody),
-    (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
-))]
-fn kavkom_verify() {}
-
-/// Sync Kavkom call history now (admin)
-#[utoipa::path(post, path = "/kavkom/sync", tag = "kavkom",
-    params(SyncParams),
-    responses(
-        (status = 200, description = "What the run did", body = KavkomSync),
-        (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 409, description = "A Kavkom sync is already running (`conflict`)", body = ErrorBody),
-        (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
-        (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
-        (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
-    ))]
-fn kavkom_sync() {}
-
-/// Click-to-call through Kavkom (admin)
-///
-/// Rings the agent's extension, then calls the number.
-#[utoipa::path(post, path = "/kavkom/calls", tag = "kavkom", request_body = ClickToCall,
-    responses(
-        (status = 200, description = "The call was placed", body = ClickToCallResult),
-        (status = 400, description = "The body is not JSON (`bad_request`, `field`: `body`)", body = ErrorBody),
-        (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
-        (status = 422, description = "`extension` or `number` missing or not a phone number (`invalid`)", body = ErrorBody),
-        (status = 404, description = "Kavkom answered 404 for the domain or extension (`not_found`)", body = ErrorBody),
-        (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
-        (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
-    ))]
-fn kavkom_click_to_call() {}
-
-/// Recording of a Kavkom call
-///
-/// Fetched from Kavkom once, then served from the cache; `Range` requests get 206.
-#[utoipa::path(get, path = "/kavkom/calls/{call_id}/recording", tag = "kavkom",
-    params(
-        ("call_id" = String, Path, description = "Kavkom's CDR uuid, or the call record id"),
-        ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-`"),
-    ),
-    responses(
-        (status = 200, description = "The audio", content(("audio/*"), ("application/octet-stream"))),
-        (status = 206, description = "The requested range", content(("audio/*"), ("application/octet-stream"))),
-        (status = 400, description = "`callId` is empty or too long (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "No such Kavkom call, or it has no recording (`not_found`)", body = ErrorBody),
-        (status = 416, description = "The range is outside the file"),
-        (status = 502, description = "Kavkom failed (`upstream_error`)", body = ErrorBody),
-        (status = 503, description = "Kavkom is not configured, or is rate-limiting (`unavailable`)", body = ErrorBody),
-    ))]
-fn kavkom_recording() {}
-
-/// This document
-///
-/// OpenAPI 3.1, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "docs", responses(
-    (status = 200, description = "The OpenAPI document", content(("application/json"))),
-))]
-fn openapi_document() {}
-
-/// The docs page
-///
-/// Swagger UI, compiled into the binary. No token: the page asks for one, then loads
-/// `/openapi.json` with it.
-#[utoipa::path(get, path = "/docs", tag = "docs", responses(
-    (status = 200, description = "The page", content(("text/html"))),
-))]
-fn docs() {}
-
-/// A file of the docs page
-#[utoipa::path(get, path = "/docs/{asset}", tag = "docs",
-    params(("asset" = String, Path, description = "`swagger-ui-bundle.js`, `swagger-ui.css`, `docs.js` or `docs.css`")),
-    responses(
-        (status = 200, description = "The file", content(("text/javascript"), ("text/css"))),
-        (status = 404, description = "No such file (`not_found`)", body = ErrorBody),
-    ))]
-fn docs_file() {}

@@ -199,6 +199,10 @@ fn the_document_is_valid_openapi_3_1() {
             let id = op["operationId"].as_str().expect("operationId");
             assert!(ids.insert(id.to_string()), "operationId {id} twice");
             assert!(
+                id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "operationId {id}"
+            );
+            assert!(
                 op["tags"].as_array().is_some_and(|t| !t.is_empty()),
                 "{m} {path}: no tag"
             );
