@@ -361,7 +361,18 @@ async fn the_served_api_matches_its_document() {
     let db = support::sqlite().await;
     let recs = vec![call(1), call(2)];
     store::upsert_many(&db.db, &recs).await.unwrap();
-    let running = support::daemon_without_asterisk(&db, &["--api-tokens", TOKEN]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let include = dir.path().join("pjsip_extensions.conf");
+    let running = support::daemon_without_asterisk(
+        &db,
+        &[
+            "--api-tokens",
+            TOKEN,
+            "--pjsip-include-path",
+            include.to_str().unwrap(),
+        ],
+    )
+    .await;
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
     let doc = doc();
