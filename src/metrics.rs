@@ -61,7 +61,7 @@ pub struct LatencyHistogram {
 /// Latency percentiles, in milliseconds, as shown on `/health`:
 /// `{count, p50Ms, p99Ms, maxMs}`. Percentiles are bucket upper bounds (at most about 3 %
 /// high), never above the maximum.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencySummary {
     /// Samples recorded.

@@ -60,7 +60,7 @@ impl Backoff {
 }
 
 /// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// An attempt is running.
@@ -83,7 +83,7 @@ impl fmt::Display for TaskState {
 
 /// A task's status, as `/health` shows it (JSON in camelCase; `since` in UTC, ISO 8601 with
 /// milliseconds).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
     /// The task's name.

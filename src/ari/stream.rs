@@ -63,7 +63,7 @@ impl AriMessage {
 }
 
 /// Connection state, for `/health` and logs.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum AriState {
     /// First attempt under way.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Where a call record came from (`source` column).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Asterisk, through ARI.
@@ -20,7 +20,7 @@ pub enum Source {
 }
 
 /// Call direction, seen from the call center.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// From outside (the carrier) to the call center.
@@ -32,7 +32,7 @@ pub enum Direction {
 }
 
 /// Live state of a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallState {
     /// Being set up or ringing; nobody answered yet.
@@ -46,7 +46,7 @@ pub enum CallState {
 }
 
 /// Outcome of a finished call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallStatus {
     /// The called party answered.
@@ -80,7 +80,7 @@ text_enum!(CallStatus { Answered => "answered", Missed => "missed", Busy => "bus
 
 /// One call. Times are UTC; `duration` (start to end) and `billsec` (answer to end) are
 /// whole seconds. `call_id` is the PBX's own id: the linkedid for Asterisk.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     /// Stable id: UUID v5 of (`source`, `call_id`), so replays and resyncs never double a call.

@@ -18,6 +18,7 @@ pub mod kavkom;
 pub mod kerio;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -156,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .merge(kerio::router())
         .merge(kavkom::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -193,6 +195,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(users::public_router())
+        .merge(openapi::docs_router())
         .merge(protected)
         .layer(h("x-content-type-options", "nosniff"))
         .layer(h("x-frame-options", "DENY"))

@@ -11,7 +11,7 @@ pub mod state;
 use serde::Serialize;
 
 /// What one sync run did. `ms` is wall time in milliseconds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncReport {
     /// Items fetched from the hosted PBX.

@@ -18,6 +18,7 @@ mod link;
 mod live;
 mod ops;
 mod retention;
+mod openapi;
 mod supervise;
 mod support;
 mod users;
