@@ -1,8 +1,13 @@
-//! Authentication of API requests: `Authorization: Bearer <token>` (or `?token=` for
-//! browsers' WebSocket and EventSource), where the token is one of `API_TOKENS` (machine
-//! clients, admin rights) or a login JWT signed with `JWT_SECRET` (the user's role). Every
-//! route but `/health` and `/auth/login` goes through [`require_token`], which puts the
-//! caller's [`Principal`] into the request.
+//! Authentication of API requests: `Authorization: Bearer <token>`, where the token is one
+//! of `API_TOKENS` (machine clients, admin rights) or a login JWT signed with `JWT_SECRET`
+//! (the user's role). Every route but `/health` and `/auth/login` goes through
+//! [`require_token`], which puts the caller's [`Principal`] and [`Credential`] into the
+//! request.
+//!
+//! Browsers cannot set headers on a WebSocket or EventSource request: they trade their
+//! token for a single-use ticket (`POST /auth/ws-ticket`, see `users::ticket`) and open
+//! `/ws?ticket=` or `/events?ticket=`; a ticket is accepted on those two routes only.
+//! Machines may still put the token itself in the URL (`?token=`), which proxies log.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -35,9 +40,34 @@ impl Principal {
     }
 }
 
+/// The token a request was authenticated with (after a ticket was redeemed, the token it
+/// stood for): live connections re-check it while they stay open. Never logged.
+#[derive(Clone)]
+pub struct Credential(pub String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
+}
+
+/// The routes that take a `?ticket=` (see `POST /auth/ws-ticket`).
+pub const TICKET_ROUTES: [&str; 2] = ["/ws", "/events"];
+
+/// The value of query parameter `name`, if present.
+fn query_param(req: &Request, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
 /// The bearer token of a request: the `Authorization` header, else a `token` query
-/// parameter (browsers cannot set headers on WebSocket upgrades).
-pub fn bearer_token(req: &Request) -> Option<String> {
+/// parameter (for machines: it shows in access logs), else, on [`TICKET_ROUTES`] only, the
+/// token a `ticket` query parameter stands for (the ticket is spent).
+pub fn bearer_token(state: &AppState, req: &Request) -> Option<String> {
     if let Some(h) = req
         .headers()
         .get(AUTHORIZATION)
@@ -49,12 +79,21 @@ pub fn bearer_token(req: &Request) -> Option<String> {
         }
         return None;
     }
-    req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| v.to_string())
-    })
+    if let Some(token) = query_param(req, "token") {
+        return Some(token);
+    }
+    if !TICKET_ROUTES.contains(&req.uri().path()) {
+        return None;
+    }
+    let ticket = query_param(req, "ticket")?;
+    let token = state.tickets.redeem(&ticket, std::time::Instant::now());
+    if token.is_none() {
+        tracing::info!(
+            path = req.uri().path(),
+            "WebSocket ticket refused: unknown, spent or expired"
+        );
+    }
+    token
 }
 
 /// Resolves a token to a principal: a static API token is an admin; a valid, unexpired
@@ -104,10 +143,11 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = bearer_token(&req).ok_or(ApiError::Unauthorized)?;
+    let token = bearer_token(&state, &req).ok_or(ApiError::Unauthorized)?;
     let principal = authenticate(&state, &token)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(Credential(token));
     Ok(next.run(req).await)
 }

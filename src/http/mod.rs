@@ -97,6 +97,8 @@ pub struct AppState {
     pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
     /// Failed-login counts.
     pub login_limiter: Arc<crate::users::limiter::LoginLimiter>,
+    /// Outstanding single-use WebSocket tickets (`POST /auth/ws-ticket`).
+    pub tickets: Arc<crate::users::ticket::Tickets>,
     /// Cancelled at shutdown (ends live connections).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Extensions provisioner (PJSIP file, reload, verification), when running.
@@ -120,6 +122,7 @@ impl AppState {
             kerio: None,
             kavkom: None,
             login_limiter: Arc::default(),
+            tickets: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
             tasks: TaskStatuses::default(),

@@ -1,7 +1,9 @@
 //! `POST /auth/login` `{"username", "password"}` → `{"token", "expiresAt"}` (JWT, see
 //! `users::token`), rate-limited per client IP and per username (5 failures a minute → 429
 //! with `Retry-After`); failures are logged without the password. `GET /auth/me` tells the
-//! caller who they are.
+//! caller who they are. `POST /auth/ws-ticket` (any authenticated caller) →
+//! `{"ticket", "expiresInSeconds": 30}`: a single-use ticket for `/ws?ticket=` or
+//! `/events?ticket=` (see `users::ticket`).
 
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::{Credential, Principal};
 use super::error::ApiError;
 use crate::users::{store, token, verify_login};
 
@@ -23,7 +25,9 @@ pub fn public_router() -> Router<AppState> {
 
 /// Routes behind the token middleware.
 pub fn protected_router() -> Router<AppState> {
-    Router::new().route("/auth/me", get(me))
+    Router::new()
+        .route("/auth/me", get(me))
+        .route("/auth/ws-ticket", post(ws_ticket))
 }
 
 /// Login body.
@@ -92,4 +96,22 @@ async fn login(
 
 async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
     Json(json!({ "name": p.name, "role": p.role }))
+}
+
+/// `POST /auth/ws-ticket`: a ticket standing for the caller's token, valid 30 s, one use.
+/// Errors: 503 when too many tickets are outstanding.
+async fn ws_ticket(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Extension(Credential(token)): Extension<Credential>,
+) -> Result<Json<Value>, ApiError> {
+    let ticket = state
+        .tickets
+        .issue(&token, Instant::now())
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    tracing::debug!(user = %p.name, "WebSocket ticket issued");
+    Ok(Json(json!({
+        "ticket": ticket,
+        "expiresInSeconds": crate::users::ticket::TICKET_TTL.as_secs(),
+    })))
 }

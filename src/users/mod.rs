@@ -5,6 +5,7 @@
 
 pub mod limiter;
 pub mod store;
+pub mod ticket;
 pub mod token;
 
 use argon2::Argon2;

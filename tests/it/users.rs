@@ -373,3 +373,83 @@ async fn passwd_and_remove_revoke_issued_tokens() {
         running.shutdown().await;
     }
 }
+
+/// Opens `/ws` with `query`; Ok(()) on 101, Err(status) otherwise.
+async fn ws_status(base: &str, query: &str) -> Result<(), u16> {
+    let url = format!("{}/ws?{query}", base.replacen("http://", "ws://", 1));
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("WebSocket failed: {e}"),
+    }
+}
+
+/// POST /auth/ws-ticket with `token`; the JSON answer.
+async fn ws_ticket(base: &str, token: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/auth/ws-ticket"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_ticket_is_short_lived_and_single_use() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "dilnoza", "ticket password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let (running, base) = daemon(&db).await;
+    let client = reqwest::Client::new();
+    let token = token_of(&base, "dilnoza", "ticket password 1").await;
+
+    let body = ws_ticket(&base, &token).await;
+    assert_eq!(body["expiresInSeconds"], 30, "{body}");
+    let ticket = body["ticket"].as_str().unwrap().to_string();
+    assert!(ticket.len() >= 32 && !ticket.contains(&token));
+    // Only on the live routes: elsewhere a ticket is no credential (and stays unspent).
+    let r = client
+        .get(format!("{base}/calls?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(ws_status(&base, &format!("ticket={ticket}")).await, Ok(()));
+    assert_eq!(
+        ws_status(&base, &format!("ticket={ticket}")).await,
+        Err(401),
+        "a ticket is used once"
+    );
+    assert_eq!(ws_status(&base, "ticket=bogus").await, Err(401));
+
+    // SSE takes one too, once; a machine token can get one as well.
+    let ticket = ws_ticket(&base, "machine").await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .get(format!("{base}/events?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let r = client
+        .get(format!("{base}/events?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Without credentials no ticket is handed out; machines keep `?token=`.
+    let r = client
+        .post(format!("{base}/auth/ws-ticket"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(ws_status(&base, "token=machine").await, Ok(()));
+    running.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! Live events for the UI: `GET /ws` (WebSocket) and `GET /events` (Server-Sent Events).
-//! Both need a token (header, or `?token=` for browsers; 401 before any upgrade), check the
+//! Both need a token (header; `?ticket=` for browsers; `?token=` for machines; 401 before
+//! any upgrade), check the
 //! `Origin` against `CORS_ORIGINS`, accept `?extension=` and `?events=` filters, and start
 //! with a `snapshot`. A client that falls `LIVE_BUFFER` events behind gets `resync` and a
 //! fresh snapshot; a WebSocket client whose socket takes nothing for `LIVE_SEND_TIMEOUT`
