@@ -98,8 +98,9 @@ pub fn bearer_token(state: &AppState, req: &Request) -> Option<String> {
 
 /// Resolves a token to a principal: a static API token is an admin; a valid, unexpired
 /// login JWT is its user with the role the user has now, as long as the user still exists
-/// and its password did not change after the token was issued (so `user remove` and
-/// `user passwd` revoke the tokens already handed out). None: not a valid token.
+/// with the same id and token version as when the token was issued (so `user remove` and
+/// `user passwd` revoke the tokens already handed out, whenever they were issued). None:
+/// not a valid token.
 ///
 /// Errors: the user lookup failed (storage).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
@@ -126,9 +127,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<Princi
         tracing::info!(user = %claims.sub, "token refused: the user no longer exists");
         return Ok(None);
     };
-    let changed = crate::db::parse_time("updated_at", &user.updated_at)?.timestamp();
-    if changed > claims.iat {
-        tracing::info!(user = %claims.sub, "token refused: issued before the user's last change");
+    if user.id != claims.uid || user.token_version != claims.ver {
+        tracing::info!(user = %claims.sub, "token refused: revoked (password changed or user replaced)");
         return Ok(None);
     }
     Ok(Some(Principal {

@@ -81,8 +81,7 @@ async fn login(
     };
     let (token, exp) = token::issue(
         secret.expose(),
-        &user.username,
-        user.role,
+        &user,
         chrono::Utc::now().timestamp(),
         state.settings.auth.jwt_ttl,
     )

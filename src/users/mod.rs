@@ -1,6 +1,6 @@
 //! Users of the web app: argon2id password hashes, roles (admin, viewer), JWT login tokens
 //! (HS256 with `JWT_SECRET`, lifetime `JWT_TTL`; a token is honoured only while its user
-//! exists and has not changed since it was issued), and the per-IP / per-username limit on
+//! exists and its token version has not changed since it was issued), and the per-IP / per-username limit on
 //! failed logins.
 
 pub mod limiter;
@@ -57,6 +57,9 @@ pub struct User {
     pub created_at: String,
     /// When last changed.
     pub updated_at: String,
+    /// Incremented whenever the user's tokens are revoked (see `token`); not shown.
+    #[serde(skip)]
+    pub token_version: i64,
 }
 
 /// Checks a username: 1–64 of `[A-Za-z0-9._@-]`.

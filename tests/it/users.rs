@@ -154,8 +154,14 @@ async fn login_tokens_roles_and_rate_limit() {
         );
 
         // Expired, forged, missing.
+        // (For the real user: only the expiry or the signature is wrong.)
         let now = chrono::Utc::now().timestamp();
-        let (expired, _) = token::issue(SECRET, "aziza", Role::Admin, now - 7200, 3600).unwrap();
+        let aziza = users::find_for_login(&db.db, "aziza")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        let (expired, _) = token::issue(SECRET, &aziza, now - 7200, 3600).unwrap();
         assert_eq!(
             client
                 .get(format!("{base}/calls"))
@@ -166,8 +172,7 @@ async fn login_tokens_roles_and_rate_limit() {
                 .status(),
             401
         );
-        let (forged, _) =
-            token::issue("some-other-secret", "aziza", Role::Admin, now, 3600).unwrap();
+        let (forged, _) = token::issue("some-other-secret", &aziza, now, 3600).unwrap();
         assert_eq!(
             client
                 .get(format!("{base}/calls"))
@@ -353,17 +358,26 @@ async fn passwd_and_remove_revoke_issued_tokens() {
         let first = token_of(&base, "rustam", "first password 1").await;
         assert_eq!(me(first.clone()).await, StatusCode::OK, "{}", db.backend);
 
-        // Signed with the right secret, but issued before the user existed (and claiming admin).
+        // Signed with the right secret, but for another user id (and claiming admin).
         let now = chrono::Utc::now().timestamp();
-        let (stale, _) = token::issue(SECRET, "rustam", Role::Admin, now - 100, 3600).unwrap();
+        let impostor = pbxbridge::users::User {
+            id: "not-rustam".into(),
+            username: "rustam".into(),
+            role: Role::Admin,
+            created_at: String::new(),
+            updated_at: String::new(),
+            token_version: 0,
+        };
+        let (stale, _) = token::issue(SECRET, &impostor, now - 100, 3600).unwrap();
         assert_eq!(me(stale).await, StatusCode::UNAUTHORIZED);
 
-        // A new password revokes the tokens issued before it (whole seconds apart).
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // A new password revokes the tokens issued before it, even within the same second.
+        let first_again = token_of(&base, "rustam", "first password 1").await;
         users::set_password(&db.db, "rustam", "second password 2")
             .await
             .unwrap();
         assert_eq!(me(first).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(me(first_again).await, StatusCode::UNAUTHORIZED);
         let second = token_of(&base, "rustam", "second password 2").await;
         assert_eq!(me(second.clone()).await, StatusCode::OK);
 
@@ -451,5 +465,96 @@ async fn a_websocket_ticket_is_short_lived_and_single_use() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(ws_status(&base, "token=machine").await, Ok(()));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_live_connections_are_closed_when_their_token_is_revoked() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let db = support::sqlite().await;
+    users::add(&db.db, "javlon", "socket password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let (running, base) = daemon(&db).await;
+    let ws_base = base.replacen("http://", "ws://", 1);
+    let token = token_of(&base, "javlon", "socket password 1").await;
+
+    // A WebSocket opened with a ticket, an event stream with the token, and a machine's
+    // WebSocket that must stay open.
+    let ticket = ws_ticket(&base, &token).await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?ticket={ticket}"))
+        .await
+        .unwrap();
+    let (mut machine, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token=machine"))
+        .await
+        .unwrap();
+    let mut sse = reqwest::Client::new()
+        .get(format!("{base}/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    users::set_password(&db.db, "javlon", "socket password 2")
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    let close = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within a few seconds")
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4001);
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    let mut text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(chunk)) = sse.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ends");
+    assert!(
+        text.contains(r#""event":"closed""#) && text.contains("4001"),
+        "{text}"
+    );
+
+    // The machine's socket is still served.
+    use futures_util::SinkExt;
+    machine.send(Message::text("snapshot")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), machine.next())
+        .await
+        .unwrap();
+    assert!(matches!(got, Some(Ok(Message::Text(_)))), "{got:?}");
+
+    // Removing a user closes its sockets too.
+    let token = token_of(&base, "javlon", "socket password 2").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}"))
+        .await
+        .unwrap();
+    users::remove(&db.db, "javlon").await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            if let Some(Ok(Message::Close(frame))) = ws.next().await {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("closed within a few seconds");
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4001));
     running.shutdown().await;
 }
