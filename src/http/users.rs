@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::{Credential, Principal};
 use super::error::ApiError;
-use crate::users::{store, token, verify_login};
+use crate::users::{check_login, token};
 
 /// Routes without a token (login).
 pub fn public_router() -> Router<AppState> {
@@ -65,15 +65,10 @@ async fn login(
         tracing::warn!(user = %username, ip = %peer.ip(), retry_after, "login refused: too many failures");
         return Err(ApiError::TooManyRequests { retry_after });
     }
-    let (user, hash) = match store::find_for_login(&state.db, &username).await? {
-        Some((user, hash)) => (Some(user), Some(hash)),
-        None => (None, None),
-    };
     // Argon2 off the async runtime; an unknown user costs as much as a wrong password.
-    let password_ok = verify_login(password, hash).await;
-    let user = match user {
-        Some(user) if password_ok => user,
-        _ => {
+    let user = match check_login(&state.db, &username, password).await? {
+        Some(user) => user,
+        None => {
             state.login_limiter.failed(&keys, now);
             tracing::warn!(user = %username, ip = %peer.ip(), "login failed");
             return Err(ApiError::Unauthorized);

@@ -558,3 +558,48 @@ async fn open_live_connections_are_closed_when_their_token_is_revoked() {
     assert_eq!(close.map(|c| u16::from(c.code)), Some(4001));
     running.shutdown().await;
 }
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_and_wrong_password_take_as_long() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "timur", "timing password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let check = |name: &'static str| {
+        let db = db.db.clone();
+        async move {
+            let t = std::time::Instant::now();
+            let user = pbxbridge::users::check_login(&db, name, "wrong password!".into())
+                .await
+                .unwrap();
+            assert!(user.is_none());
+            t.elapsed()
+        }
+    };
+    // Warm up (the dummy hash is made on first use).
+    check("nobody").await;
+    check("timur").await;
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    // Interleaved, so load on the machine hits both alike.
+    for _ in 0..50 {
+        unknown.push(check("nobody").await);
+        wrong.push(check("timur").await);
+    }
+    let (u, w) = (median(&mut unknown), median(&mut wrong));
+    let gap = u.abs_diff(w).as_secs_f64() / u.max(w).as_secs_f64();
+    assert!(
+        gap <= 0.20,
+        "unknown {u:?} vs wrong password {w:?}: {:.0} % apart",
+        gap * 100.0
+    );
+    let right = pbxbridge::users::check_login(&db.db, "timur", "timing password 1".into())
+        .await
+        .unwrap();
+    assert_eq!(right.map(|u| u.username).as_deref(), Some("timur"));
+}
