@@ -10,6 +10,9 @@
 //! Machines may still put the token itself in the URL (`?token=`), which proxies log.
 
 use axum::extract::{Request, State};
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -94,6 +97,35 @@ pub fn bearer_token(state: &AppState, req: &Request) -> Option<String> {
         );
     }
     token
+}
+
+/// The client's address for the login limiter and the logs: the socket's `peer`, unless
+/// that is one of `TRUSTED_PROXIES`; then the rightmost `X-Forwarded-For` hop that is not a
+/// trusted proxy itself (hops left of it could be forged by the client), or the leftmost
+/// hop when every one is trusted. A malformed hop stops the walk at the last good address.
+pub fn client_ip(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = &state.settings.auth.trusted_proxies;
+    if !trusted.contains(peer) {
+        return peer.to_canonical();
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer.to_canonical();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted.contains(client) {
+            break;
+        }
+    }
+    client
 }
 
 /// Resolves a token to a principal: a static API token is an admin; a valid, unexpired

@@ -1,5 +1,5 @@
 //! `POST /auth/login` `{"username", "password"}` → `{"token", "expiresAt"}` (JWT, see
-//! `users::token`), rate-limited per client IP and per username (5 failures a minute → 429
+//! `users::token`), rate-limited per client IP (from `X-Forwarded-For` behind `TRUSTED_PROXIES`) and per username (5 failures a minute → 429
 //! with `Retry-After`); failures are logged without the password. `GET /auth/me` tells the
 //! caller who they are. `POST /auth/ws-ticket` (any authenticated caller) →
 //! `{"ticket", "expiresInSeconds": 30}`: a single-use ticket for `/ws?ticket=` or
@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -40,6 +41,7 @@ pub struct Login {
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(super::Peer { addr: peer, .. }): ConnectInfo<super::Peer>,
+    headers: HeaderMap,
     body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest {
@@ -59,10 +61,11 @@ async fn login(
         .jwt_secret
         .clone()
         .ok_or_else(|| ApiError::Unavailable("logins are off: JWT_SECRET is not set".into()))?;
-    let keys = [format!("ip:{}", peer.ip()), format!("user:{username}")];
+    let ip = super::auth::client_ip(&state, peer.ip(), &headers);
+    let keys = [format!("ip:{ip}"), format!("user:{username}")];
     let now = Instant::now();
     if let Some(retry_after) = state.login_limiter.blocked(&keys, now) {
-        tracing::warn!(user = %username, ip = %peer.ip(), retry_after, "login refused: too many failures");
+        tracing::warn!(user = %username, ip = %ip, retry_after, "login refused: too many failures");
         return Err(ApiError::TooManyRequests { retry_after });
     }
     // Argon2 off the async runtime; an unknown user costs as much as a wrong password.
@@ -70,7 +73,7 @@ async fn login(
         Some(user) => user,
         None => {
             state.login_limiter.failed(&keys, now);
-            tracing::warn!(user = %username, ip = %peer.ip(), "login failed");
+            tracing::warn!(user = %username, ip = %ip, "login failed");
             return Err(ApiError::Unauthorized);
         }
     };

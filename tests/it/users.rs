@@ -603,3 +603,88 @@ async fn unknown_user_and_wrong_password_take_as_long() {
         .unwrap();
     assert_eq!(right.map(|u| u.username).as_deref(), Some("timur"));
 }
+
+/// A failed or successful login from `forwarded_for` (sent as X-Forwarded-For); the status.
+async fn login_via(base: &str, forwarded_for: &str, user: &str, pass: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": user, "password": pass}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_limiter_keys_on_the_forwarded_client() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "bobur", "proxy password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let args = |proxies: &'static str| {
+        [
+            "--api-tokens",
+            "machine",
+            "--jwt-secret",
+            SECRET,
+            "--trusted-proxies",
+            proxies,
+        ]
+    };
+    // The daemon's peer (127.0.0.1) is the trusted proxy.
+    let running = support::daemon_without_asterisk(&db, &args("10.9.0.0/16, 127.0.0.1")).await;
+    let base = format!("http://{}", running.addr);
+    // Five failures from 10.0.0.1 (five usernames: only the IP bucket fills up).
+    for i in 0..5 {
+        let s = login_via(&base, "10.0.0.1", &format!("ghost{i}"), "wrong pass").await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(
+        login_via(&base, "10.0.0.1", "ghost9", "wrong pass").await,
+        429
+    );
+    // Another client behind the same proxy has its own bucket...
+    assert_eq!(
+        login_via(&base, "10.0.0.2", "bobur", "proxy password 1").await,
+        200
+    );
+    // ...and the rightmost untrusted hop counts (the left ones could be forged), with a
+    // trusted inner proxy skipped.
+    assert_eq!(
+        login_via(
+            &base,
+            "10.0.0.1, 10.0.0.3, 10.9.1.1",
+            "bobur",
+            "proxy password 1"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        login_via(
+            &base,
+            "10.0.0.3, 10.0.0.1, 10.9.1.1",
+            "bobur",
+            "proxy password 1"
+        )
+        .await,
+        429
+    );
+    running.shutdown().await;
+
+    // A peer that is not a trusted proxy: its X-Forwarded-For is ignored, so everyone from
+    // 127.0.0.1 shares one bucket whatever they claim.
+    let running = support::daemon_without_asterisk(&db, &args("192.0.2.0/24")).await;
+    let base = format!("http://{}", running.addr);
+    for i in 0..5 {
+        let s = login_via(&base, &format!("10.0.0.{i}"), &format!("ghost{i}"), "x").await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(
+        login_via(&base, "10.0.0.99", "bobur", "proxy password 1").await,
+        429
+    );
+    running.shutdown().await;
+}
