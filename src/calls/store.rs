@@ -324,31 +324,59 @@ pub async fn list(db: &Db, f: &CallFilter) -> Result<(Vec<CallRecord>, i64), DbE
     Ok((items, total))
 }
 
-/// Streams every record matching `f` (no paging), newest first, in pages of 1,000, calling
-/// `each` for every record (CSV export).
-pub async fn for_each(
+/// Where a keyset page ends: the (startTime, id) of its last record, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The record's start time, in the stored format (see `db::format_time`).
+    pub start_time: String,
+    /// The record's id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor just past `r`.
+    pub fn after(r: &CallRecord) -> Self {
+        Cursor {
+            start_time: format_time(&r.start_time),
+            id: r.id.to_string(),
+        }
+    }
+}
+
+/// Up to `limit` records matching `f` (its own limit and offset are ignored), newest first
+/// by (startTime, id), strictly after `after` (None: from the newest). Keyset paging: no
+/// OFFSET and no count, so each page costs the same, and records inserted between pages
+/// never make another record skipped or repeated (stored times are fixed-width UTC text,
+/// so text order is time order; ids are unique).
+pub async fn page_after(
     db: &Db,
     f: &CallFilter,
-    mut each: impl FnMut(CallRecord) -> bool,
-) -> Result<(), DbError> {
-    let mut page = CallFilter {
-        limit: Some(1000),
-        offset: 0,
-        ..f.clone()
-    };
-    loop {
-        let (items, _) = list(db, &page).await?;
-        let n = items.len();
-        for r in items {
-            if !each(r) {
-                return Ok(());
-            }
-        }
-        if n < 1000 {
-            return Ok(());
-        }
-        page.offset += 1000;
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<CallRecord>, DbError> {
+    let (mut where_sql, mut args) = where_clause(f);
+    if let Some(c) = after {
+        args.push(c.start_time.clone());
+        let t = args.len();
+        args.push(c.id.clone());
+        let i = args.len();
+        let cond = format!("(start_time < ${t} OR (start_time = ${t} AND id < ${i}))");
+        where_sql = if where_sql.is_empty() {
+            format!(" WHERE {cond}")
+        } else {
+            format!("{where_sql} AND {cond}")
+        };
     }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls{where_sql} ORDER BY start_time DESC, id DESC LIMIT {}",
+        limit.max(0)
+    );
+    let mut q = sqlx::query(&sql);
+    for a in &args {
+        q = q.bind(a.as_str());
+    }
+    let rows = q.fetch_all(db.pool()).await?;
+    rows.iter().map(decode).collect()
 }
 
 fn where_clause(f: &CallFilter) -> (String, Vec<String>) {
