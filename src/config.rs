@@ -270,6 +270,14 @@ pub struct CoreSettings {
         global = true
     )]
     pub ui_locale: Locale,
+    /// IANA time zone whose local days and hours `/stats/calls` groups by.
+    #[arg(
+        long,
+        env = "STATS_TIMEZONE",
+        default_value = "Asia/Tashkent",
+        global = true
+    )]
+    pub stats_timezone: chrono_tz::Tz,
     /// Regular expression an endpoint name must match to count as an agent extension
     /// (besides the extensions in the database).
     #[arg(long, env = "EXTENSION_PATTERN", default_value = r"^[0-9]{2,6}$", value_parser = parse_regex, global = true)]

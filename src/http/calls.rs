@@ -259,7 +259,7 @@ async fn stats(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::calls::stats::{GroupBy, Stats};
+    use crate::calls::stats::GroupBy;
     let by_name = q.get("groupBy").map(String::as_str).unwrap_or("day");
     let by = GroupBy::parse(by_name).ok_or_else(|| {
         ApiError::bad_param(
@@ -268,17 +268,8 @@ async fn stats(
         )
     })?;
     let f = filter_from_query(&q, false)?;
-    let mut stats = Stats::new(by);
-    let mut cursor = None;
-    loop {
-        let page = store::page_after(&state.db, &f, cursor.as_ref(), 1000).await?;
-        page.iter().for_each(|r| stats.add(r));
-        match page.last() {
-            Some(last) if page.len() == 1000 => cursor = Some(store::Cursor::after(last)),
-            _ => break,
-        }
-    }
-    let (groups, total) = stats.finish();
+    let tz = state.settings.core.stats_timezone;
+    let (groups, total) = store::stats(&state.db, &f, by, tz).await?;
     Ok(Json(
         json!({ "groupBy": by_name, "groups": groups, "total": total }),
     ))

@@ -249,3 +249,94 @@ async fn keyset_export_is_stable_while_rows_are_inserted() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_group_by_local_days_and_hours_on_both_backends() {
+    use pbxbridge::calls::stats::GroupBy;
+    for db in support::both().await {
+        let b = db.backend;
+        let at = |i: i64, t: &str, status: CallStatus, ext: &str| {
+            let mut r = record(i, Direction::Inbound, status, ext, "998901112233");
+            let start: chrono::DateTime<Utc> = t.parse().unwrap();
+            r.start_time = start;
+            r.end_time = Some(start + Duration::seconds(30));
+            if status == CallStatus::Answered {
+                r.answer_time = Some(start + Duration::seconds(4));
+                r.billsec = 26;
+            }
+            r
+        };
+        store::upsert_many(
+            &db.db,
+            &[
+                // 2026-11-20 in UTC, but 2026-11-21 01:30 in Tashkent (UTC+5).
+                at(1, "2026-11-20T20:30:00Z", CallStatus::Answered, "1001"),
+                at(2, "2026-11-20T10:00:00Z", CallStatus::Missed, "1001"),
+                at(3, "2026-11-21T03:15:00Z", CallStatus::Answered, "1002"),
+                // Berlin: the last Sunday of March 2026 at 01:00 UTC is the DST switch.
+                at(4, "2026-03-29T00:30:00Z", CallStatus::Busy, "1002"),
+                at(5, "2026-03-29T01:30:00Z", CallStatus::Failed, "1002"),
+            ],
+        )
+        .await
+        .unwrap();
+        let f = store::CallFilter::default();
+        let tashkent: chrono_tz::Tz = "Asia/Tashkent".parse().unwrap();
+        let keys = |g: &[pbxbridge::calls::stats::Group]| {
+            g.iter()
+                .map(|g| (g.key.clone(), g.total))
+                .collect::<Vec<_>>()
+        };
+        let (days, total) = store::stats(&db.db, &f, GroupBy::Day, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(&days),
+            [
+                ("2026-03-29".into(), 2),
+                ("2026-11-20".into(), 1),
+                ("2026-11-21".into(), 2)
+            ],
+            "{b}"
+        );
+        assert_eq!((total.total, total.answered, total.busy), (5, 2, 1), "{b}");
+        assert_eq!(total.avg_ring_seconds, 4.0, "{b}");
+        assert_eq!(total.avg_talk_seconds, 26.0, "{b}");
+        assert_eq!(days[2].answered, 2, "{b}");
+        let (hours, _) = store::stats(&db.db, &f, GroupBy::Hour, tashkent)
+            .await
+            .unwrap();
+        assert!(
+            hours.iter().any(|g| g.key == "2026-11-21T01"),
+            "{b}: {hours:?}"
+        );
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let (hours, _) = store::stats(&db.db, &f, GroupBy::Hour, berlin)
+            .await
+            .unwrap();
+        let k: Vec<&str> = hours.iter().map(|g| g.key.as_str()).collect();
+        // 00:30 UTC is 01:30 CET; 01:30 UTC is 03:30 CEST.
+        assert!(
+            k.contains(&"2026-03-29T01") && k.contains(&"2026-03-29T03"),
+            "{b}: {k:?}"
+        );
+        assert!(k.contains(&"2026-11-20T21"), "{b}: {k:?}");
+        // A filter narrows the range; extensions need no zone.
+        let only = store::CallFilter {
+            extension: Some("1001".into()),
+            ..Default::default()
+        };
+        let (days, _) = store::stats(&db.db, &only, GroupBy::Day, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(&days),
+            [("2026-11-20".into(), 1), ("2026-11-21".into(), 1)],
+            "{b}"
+        );
+        let (exts, _) = store::stats(&db.db, &f, GroupBy::Extension, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(keys(&exts), [("1001".into(), 2), ("1002".into(), 3)], "{b}");
+    }
+}

@@ -36,6 +36,13 @@ fn malformed_setting_exits_2_naming_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXTENSION_PATTERN"));
+    let out = pbxbridge()
+        .env("STATS_TIMEZONE", "Mars/Olympus")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STATS_TIMEZONE"));
     // A short JWT_SECRET is refused, and its value is not echoed.
     let out = pbxbridge()
         .env("JWT_SECRET", "short-Zq9")
