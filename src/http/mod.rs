@@ -131,7 +131,8 @@ impl AppState {
 }
 
 /// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
-/// 1 MiB body limit and request tracing.
+/// 1 MiB body limit, request tracing, and every error answered in the one JSON shape
+/// ([`error::json_errors`], the framework's 404/405/413/415 and rejections included).
 pub fn router(state: AppState) -> Router {
     use axum::http::{HeaderName, HeaderValue, Method, header};
     use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -189,5 +190,6 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }

@@ -340,3 +340,113 @@ async fn stats_group_by_local_days_and_hours_on_both_backends() {
         assert_eq!(keys(&exts), [("1001".into(), 2), ("1002".into(), 3)], "{b}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_json_in_the_one_error_shape() {
+    let db = support::sqlite().await;
+    let (running, base) = start(&db).await;
+    let c = reqwest::Client::new();
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, Option<&str>)> = vec![
+        (
+            c.get(format!("{base}/no/such/route")).bearer_auth(TOKEN),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            c.get(format!("{base}/no/such/route")),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            c.delete(format!("{base}/health")),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            c.put(format!("{base}/calls")).bearer_auth(TOKEN),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "application/json")
+                .body(big),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"username": 5})),
+            422,
+            "invalid",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls?from=%FF")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls/%FF")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls?limit=0")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            Some("limit"),
+        ),
+        (
+            c.get(format!("{base}/calls")).bearer_auth("wrong"),
+            401,
+            "unauthorized",
+            None,
+        ),
+    ];
+    for (i, (rq, status, code, field)) in cases.into_iter().enumerate() {
+        let r = rq.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "case {i}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "case {i}: {ct}");
+        if status == 405 {
+            assert!(r.headers().contains_key("allow"), "case {i}");
+        }
+        let body: Value = r.json().await.unwrap();
+        let err = body["error"].as_object().expect("an error object");
+        assert_eq!(err["code"], code, "case {i}: {body}");
+        assert!(!err["message"].as_str().unwrap().is_empty(), "case {i}");
+        assert!(
+            err.keys()
+                .all(|k| ["code", "message", "field"].contains(&k.as_str()))
+        );
+        if let Some(f) = field {
+            assert_eq!(err.get("field"), Some(&Value::from(f)), "case {i}: {body}");
+        }
+    }
+    running.shutdown().await;
+}
