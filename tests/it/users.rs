@@ -585,18 +585,31 @@ async fn unknown_user_and_wrong_password_take_as_long() {
     // Warm up (the dummy hash is made on first use).
     check("nobody").await;
     check("timur").await;
-    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
-    // Interleaved, so load on the machine hits both alike.
-    for _ in 0..50 {
-        unknown.push(check("nobody").await);
-        wrong.push(check("timur").await);
+    // Rounds of 50 interleaved tries each (load on the machine hits both alike). Other
+    // tests of this binary log in meanwhile and share the argon2 permits, so a round may be
+    // disturbed: up to 3 rounds, and one within 20 % passes. A real leak (an unknown user
+    // answered without an argon2 check) fails every round.
+    let (mut gaps, mut within) = (Vec::new(), false);
+    for _ in 0..3 {
+        let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            unknown.push(check("nobody").await);
+            wrong.push(check("timur").await);
+        }
+        let (u, w) = (median(&mut unknown), median(&mut wrong));
+        let gap = u.abs_diff(w).as_secs_f64() / u.max(w).as_secs_f64();
+        gaps.push(format!(
+            "unknown {u:?} vs wrong password {w:?}: {:.0} %",
+            gap * 100.0
+        ));
+        if gap <= 0.20 {
+            within = true;
+            break;
+        }
     }
-    let (u, w) = (median(&mut unknown), median(&mut wrong));
-    let gap = u.abs_diff(w).as_secs_f64() / u.max(w).as_secs_f64();
     assert!(
-        gap <= 0.20,
-        "unknown {u:?} vs wrong password {w:?}: {:.0} % apart",
-        gap * 100.0
+        within,
+        "medians more than 20 % apart in every round: {gaps:?}"
     );
     let right = pbxbridge::users::check_login(&db.db, "timur", "timing password 1".into())
         .await
