@@ -10,6 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::model::{CallRecord, CallState, CallStatus, Direction, Source};
+use super::stats::{Group, GroupBy, Stats, offset_segments};
 use crate::db::{Db, DbError, format_time, get_bool, parse_time};
 
 const COLUMNS: &str = "id, source, external_id, direction, from_number, to_number, extension, \
@@ -351,31 +352,163 @@ pub async fn list(db: &Db, f: &CallFilter) -> Result<(Vec<CallRecord>, i64), DbE
     Ok((items, total))
 }
 
-/// Streams every record matching `f` (no paging), newest first, in pages of 1,000, calling
-/// `each` for every record (CSV export).
-pub async fn for_each(
+/// Where a keyset page ends: the (startTime, id) of its last record, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The record's start time, in the stored format (see `db::format_time`).
+    pub start_time: String,
+    /// The record's id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor just past `r`.
+    pub fn after(r: &CallRecord) -> Self {
+        Cursor {
+            start_time: format_time(&r.start_time),
+            id: r.id.to_string(),
+        }
+    }
+}
+
+/// Up to `limit` records matching `f` (its own limit and offset are ignored), newest first
+/// by (startTime, id), strictly after `after` (None: from the newest). Keyset paging: no
+/// OFFSET and no count, so each page costs the same, and records inserted between pages
+/// never make another record skipped or repeated (stored times are fixed-width UTC text,
+/// so text order is time order; ids are unique).
+pub async fn page_after(
     db: &Db,
     f: &CallFilter,
-    mut each: impl FnMut(CallRecord) -> bool,
-) -> Result<(), DbError> {
-    let mut page = CallFilter {
-        limit: Some(1000),
-        offset: 0,
-        ..f.clone()
-    };
-    loop {
-        let (items, _) = list(db, &page).await?;
-        let n = items.len();
-        for r in items {
-            if !each(r) {
-                return Ok(());
-            }
-        }
-        if n < 1000 {
-            return Ok(());
-        }
-        page.offset += 1000;
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<CallRecord>, DbError> {
+    let (mut where_sql, mut args) = where_clause(f);
+    if let Some(c) = after {
+        args.push(c.start_time.clone());
+        let t = args.len();
+        args.push(c.id.clone());
+        let i = args.len();
+        let cond = format!("(start_time < ${t} OR (start_time = ${t} AND id < ${i}))");
+        where_sql = if where_sql.is_empty() {
+            format!(" WHERE {cond}")
+        } else {
+            format!("{where_sql} AND {cond}")
+        };
     }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls{where_sql} ORDER BY start_time DESC, id DESC LIMIT {}",
+        limit.max(0)
+    );
+    let mut q = sqlx::query(&sql);
+    for a in &args {
+        q = q.bind(a.as_str());
+    }
+    let rows = q.fetch_all(db.pool()).await?;
+    rows.iter().map(decode).collect()
+}
+
+/// Call statistics of the finished calls matching `f` (its limit and offset are ignored),
+/// grouped `by` local day or hour in `tz`, or by extension: the groups in key order and the
+/// total. Counted and summed in SQL, one query per segment of the range where the zone's
+/// offset is constant (the range is `f`'s from/to, else the matching calls' first and last
+/// start); SQLite shifts times by the segment's offset (`strftime` modifier), PostgreSQL
+/// adds it as an interval. Memory: one row per group, never one per call.
+pub async fn stats(
+    db: &Db,
+    f: &CallFilter,
+    by: GroupBy,
+    tz: chrono_tz::Tz,
+) -> Result<(Vec<Group>, Group), DbError> {
+    let mut out = Stats::new();
+    let (where_sql, args) = where_clause(f);
+    let finished = if where_sql.is_empty() {
+        " WHERE status IS NOT NULL".to_string()
+    } else {
+        format!("{where_sql} AND status IS NOT NULL")
+    };
+    // The range to cut into segments; an extension grouping needs no cut.
+    let segments = if by == GroupBy::Extension {
+        vec![None]
+    } else {
+        let sql =
+            format!("SELECT MIN(start_time) AS lo, MAX(start_time) AS hi FROM calls{finished}");
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let row = q.fetch_one(db.pool()).await?;
+        let (lo, hi): (Option<String>, Option<String>) = (row.try_get("lo")?, row.try_get("hi")?);
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(out.finish());
+        };
+        let lo = parse_time("start_time", &lo)?;
+        let hi = parse_time("start_time", &hi)? + chrono::Duration::milliseconds(1);
+        offset_segments(tz, lo, hi).into_iter().map(Some).collect()
+    };
+    let sqlite = db.backend() == crate::db::Backend::Sqlite;
+    for segment in segments {
+        let mut args = args.clone();
+        let mut conds = finished.clone();
+        let key = match (by, segment) {
+            (GroupBy::Extension, _) | (_, None) => "COALESCE(extension, '-')".to_string(),
+            (by, Some((start, end, offset))) => {
+                args.push(format_time(&start));
+                conds.push_str(&format!(" AND start_time >= ${}", args.len()));
+                args.push(format_time(&end));
+                conds.push_str(&format!(" AND start_time < ${}", args.len()));
+                args.push(format!("{offset:+} seconds"));
+                let shift = args.len();
+                match (sqlite, by == GroupBy::Day) {
+                    (true, true) => format!("strftime('%Y-%m-%d', start_time, ${shift})"),
+                    (true, false) => format!("strftime('%Y-%m-%dT%H', start_time, ${shift})"),
+                    (false, day) => format!(
+                        "to_char((start_time::timestamptz AT TIME ZONE 'UTC') + CAST(${shift} AS interval), '{}')",
+                        if day {
+                            "YYYY-MM-DD"
+                        } else {
+                            "YYYY-MM-DD\"T\"HH24"
+                        }
+                    ),
+                }
+            }
+        };
+        let ring = if sqlite {
+            "(julianday(answer_time) - julianday(start_time)) * 86400.0"
+        } else {
+            "EXTRACT(EPOCH FROM (answer_time::timestamptz - start_time::timestamptz))"
+        };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*) AS total, \
+             CAST(SUM(CASE WHEN status = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
+             CAST(SUM(CASE WHEN status = 'missed' THEN 1 ELSE 0 END) AS BIGINT) AS missed, \
+             CAST(SUM(CASE WHEN status = 'busy' THEN 1 ELSE 0 END) AS BIGINT) AS busy, \
+             CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
+             CAST(SUM(CASE WHEN status = 'answered' AND answer_time IS NOT NULL THEN {ring} ELSE 0 END) AS DOUBLE PRECISION) AS ring_sum, \
+             CAST(SUM(CASE WHEN status = 'answered' THEN billsec ELSE 0 END) AS DOUBLE PRECISION) AS talk_sum \
+             FROM calls{conds} GROUP BY 1"
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        for row in q.fetch_all(db.pool()).await? {
+            let count = |c: &'static str| -> Result<u64, DbError> {
+                Ok(u64::try_from(row.try_get::<i64, _>(c)?).unwrap_or(0))
+            };
+            out.add_group(Group {
+                key: row.try_get("k")?,
+                total: count("total")?,
+                answered: count("answered")?,
+                missed: count("missed")?,
+                busy: count("busy")?,
+                failed: count("failed")?,
+                ring_sum: row.try_get("ring_sum")?,
+                talk_sum: row.try_get("talk_sum")?,
+                ..Group::default()
+            });
+        }
+    }
+    Ok(out.finish())
 }
 
 fn where_clause(f: &CallFilter) -> (String, Vec<String>) {

@@ -211,7 +211,9 @@ fn csv_chunk(rows: &[Vec<String>], header: bool) -> Result<Vec<u8>, std::io::Err
 }
 
 /// All matching calls as CSV (UTF-8 with a byte-order mark, for Excel), newest first,
-/// streamed page by page.
+/// streamed in keyset pages of 1,000 on (startTime, id) (see `store::page_after`): no
+/// OFFSET, no count, and a row inserted during the export makes no other row skipped or
+/// repeated.
 fn csv_response(state: AppState, f: CallFilter) -> axum::response::Response {
     const PAGE: i64 = 1000;
     let locale = state.settings.core.ui_locale;
@@ -222,10 +224,10 @@ fn csv_response(state: AppState, f: CallFilter) -> axum::response::Response {
             Err(e) => { yield Err(e); return; }
         }
         yield Ok::<Vec<u8>, std::io::Error>(head);
-        let mut page = CallFilter { limit: Some(PAGE), offset: 0, ..f };
+        let mut cursor: Option<store::Cursor> = None;
         loop {
-            let items = match store::list(&state.db, &page).await {
-                Ok((items, _)) => items,
+            let items = match store::page_after(&state.db, &f, cursor.as_ref(), PAGE).await {
+                Ok(items) => items,
                 Err(e) => {
                     tracing::error!("CSV export failed: {e}");
                     yield Err(std::io::Error::other("database error"));
@@ -234,10 +236,10 @@ fn csv_response(state: AppState, f: CallFilter) -> axum::response::Response {
             };
             let rows: Vec<Vec<String>> = items.iter().map(|r| csv_row(r, locale)).collect();
             yield csv_chunk(&rows, false);
-            if (items.len() as i64) < PAGE {
-                break;
+            match items.last() {
+                Some(last) if items.len() as i64 == PAGE => cursor = Some(store::Cursor::after(last)),
+                _ => break,
             }
-            page.offset += PAGE;
         }
     };
     (
@@ -257,7 +259,7 @@ async fn stats(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::calls::stats::{GroupBy, Stats};
+    use crate::calls::stats::GroupBy;
     let by_name = q.get("groupBy").map(String::as_str).unwrap_or("day");
     let by = GroupBy::parse(by_name).ok_or_else(|| {
         ApiError::bad_param(
@@ -266,13 +268,8 @@ async fn stats(
         )
     })?;
     let f = filter_from_query(&q, false)?;
-    let mut stats = Stats::new(by);
-    store::for_each(&state.db, &f, |r| {
-        stats.add(&r);
-        true
-    })
-    .await?;
-    let (groups, total) = stats.finish();
+    let tz = state.settings.core.stats_timezone;
+    let (groups, total) = store::stats(&state.db, &f, by, tz).await?;
     Ok(Json(
         json!({ "groupBy": by_name, "groups": groups, "total": total }),
     ))

@@ -67,6 +67,17 @@ pub enum ApiError {
     /// 500: anything else (details logged).
     #[error("internal error")]
     Internal(String),
+    /// Any other status, for the framework's own rejections (404 no route, 405, 413, 415,
+    /// malformed JSON, query or path) rewritten by [`json_errors`].
+    #[error("{message}")]
+    Status {
+        /// The status the framework chose.
+        status: StatusCode,
+        /// The offending field, when the rejection names one.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -109,6 +120,102 @@ impl ApiError {
             ApiError::Db(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
+            ApiError::Status { status, field, .. } => (*status, code_of(*status), field.clone()),
+        }
+    }
+}
+
+/// The `code` of a status that no [`ApiError`] variant carries.
+fn code_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        429 => "too_many_requests",
+        502 => "upstream_error",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
+/// The field a serde or axum rejection text names (``missing field `x` ``, ``unknown field
+/// `x` ``, ``x: invalid digit``...), if any.
+fn field_in(text: &str) -> Option<String> {
+    static FIELD: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    FIELD
+        .get_or_init(|| regex::Regex::new(r"field `([A-Za-z0-9_.\-]+)`").ok())
+        .as_ref()?
+        .captures(text)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().to_string())
+}
+
+/// Middleware around the whole API: every error response (4xx, 5xx) that is not JSON yet,
+/// the framework's own included (axum's 404 without a route, 405, 413 from the body limit,
+/// 415, rejections of malformed JSON, query strings or paths, plain-text 500s of any
+/// handler), is rewritten into the one [`ApiError`] body with the same status and headers
+/// (`Allow`, `Retry-After`...). The field a rejection names is kept; a 5xx text is logged,
+/// not sent.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status.as_u16() {
+        _ if status.is_server_error() => {
+            tracing::error!(%method, %path, status = status.as_u16(), "API request failed: {text}");
+            "internal error".to_string()
+        }
+        404 if text.is_empty() => format!("no route {method} {path}"),
+        405 if text.is_empty() => format!("method {method} is not allowed on {path}"),
+        413 if text.is_empty() => "request body too large (1 MiB at most)".to_string(),
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        _ => text.clone(),
+    };
+    let err = ApiError::Status {
+        status,
+        field: field_in(&text),
+        message,
+    };
+    let mut out = err.into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A rejected JSON body: its own status (415 without `Content-Type: application/json`, 413
+/// too large, 400 malformed, 422 wrong shape) and the field serde names, if any.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        let message = e.body_text();
+        ApiError::Status {
+            status: e.status(),
+            field: field_in(&message),
+            message,
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct AppState {
     pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
     /// Failed-login counts.
     pub login_limiter: Arc<crate::users::limiter::LoginLimiter>,
+    /// Outstanding single-use WebSocket tickets (`POST /auth/ws-ticket`).
+    pub tickets: Arc<crate::users::ticket::Tickets>,
     /// Cancelled at shutdown (ends live connections).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Extensions provisioner (PJSIP file, reload, verification), when running.
@@ -126,6 +128,7 @@ impl AppState {
             kerio: None,
             kavkom: None,
             login_limiter: Arc::default(),
+            tickets: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
             tasks: TaskStatuses::default(),
@@ -142,7 +145,8 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// The whole API, with CORS (explicit origins from `CORS_ORIGINS`), security headers, a
-/// 1 MiB body limit and request tracing.
+/// 1 MiB body limit, request tracing, and every error answered in the one JSON shape
+/// ([`error::json_errors`], the framework's 404/405/413/415 and rejections included).
 pub fn router(state: AppState) -> Router {
     use axum::http::{HeaderName, HeaderValue, Method, header};
     use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -204,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(access_log::access_log))
         .with_state(state)
 }

@@ -200,3 +200,265 @@ async fn calls_api_on_both_backends() {
         running.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyset_export_is_stable_while_rows_are_inserted() {
+    use std::collections::HashSet;
+    for db in support::both().await {
+        // 600 calls, three per start second (ties broken by id).
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
+        let at = |i: i64, tag: &str| {
+            CallRecord::new(
+                Source::Asterisk,
+                &format!("{tag}.{i}"),
+                Direction::Inbound,
+                t0 + Duration::seconds(i / 3),
+            )
+        };
+        let before: Vec<CallRecord> = (0..600).map(|i| at(i, "old")).collect();
+        store::upsert_many(&db.db, &before).await.unwrap();
+        let f = store::CallFilter::default();
+        let (mut seen, mut order) = (HashSet::new(), Vec::new());
+        let mut cursor: Option<store::Cursor> = None;
+        let mut n = 0;
+        loop {
+            let page = store::page_after(&db.db, &f, cursor.as_ref(), 50)
+                .await
+                .unwrap();
+            for r in &page {
+                assert!(seen.insert(r.id), "{} repeated ({})", r.id, db.backend);
+                order.push((r.start_time, r.id));
+            }
+            let Some(last) = page.last() else { break };
+            cursor = Some(store::Cursor::after(last));
+            // Meanwhile: newer calls, calls at the cursor's very second, older ones.
+            n += 1;
+            let fresh = vec![
+                at(10_000 + n, "new"),
+                at(3 * (last.start_time - t0).num_seconds(), &format!("tie{n}")),
+                at(-n, "older"),
+            ];
+            store::upsert_many(&db.db, &fresh).await.unwrap();
+        }
+        for r in &before {
+            assert!(seen.contains(&r.id), "{} skipped ({})", r.id, db.backend);
+        }
+        assert!(
+            order.windows(2).all(|w| w[0] > w[1]),
+            "newest first, strictly"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_group_by_local_days_and_hours_on_both_backends() {
+    use pbxbridge::calls::stats::GroupBy;
+    for db in support::both().await {
+        let b = db.backend;
+        let at = |i: i64, t: &str, status: CallStatus, ext: &str| {
+            let mut r = record(i, Direction::Inbound, status, ext, "998901112233");
+            let start: chrono::DateTime<Utc> = t.parse().unwrap();
+            r.start_time = start;
+            r.end_time = Some(start + Duration::seconds(30));
+            if status == CallStatus::Answered {
+                r.answer_time = Some(start + Duration::seconds(4));
+                r.billsec = 26;
+            }
+            r
+        };
+        store::upsert_many(
+            &db.db,
+            &[
+                // 2026-11-20 in UTC, but 2026-11-21 01:30 in Tashkent (UTC+5).
+                at(1, "2026-11-20T20:30:00Z", CallStatus::Answered, "1001"),
+                at(2, "2026-11-20T10:00:00Z", CallStatus::Missed, "1001"),
+                at(3, "2026-11-21T03:15:00Z", CallStatus::Answered, "1002"),
+                // Berlin: the last Sunday of March 2026 at 01:00 UTC is the DST switch.
+                at(4, "2026-03-29T00:30:00Z", CallStatus::Busy, "1002"),
+                at(5, "2026-03-29T01:30:00Z", CallStatus::Failed, "1002"),
+            ],
+        )
+        .await
+        .unwrap();
+        let f = store::CallFilter::default();
+        let tashkent: chrono_tz::Tz = "Asia/Tashkent".parse().unwrap();
+        let keys = |g: &[pbxbridge::calls::stats::Group]| {
+            g.iter()
+                .map(|g| (g.key.clone(), g.total))
+                .collect::<Vec<_>>()
+        };
+        let (days, total) = store::stats(&db.db, &f, GroupBy::Day, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(&days),
+            [
+                ("2026-03-29".into(), 2),
+                ("2026-11-20".into(), 1),
+                ("2026-11-21".into(), 2)
+            ],
+            "{b}"
+        );
+        assert_eq!((total.total, total.answered, total.busy), (5, 2, 1), "{b}");
+        assert_eq!(total.avg_ring_seconds, 4.0, "{b}");
+        assert_eq!(total.avg_talk_seconds, 26.0, "{b}");
+        assert_eq!(days[2].answered, 2, "{b}");
+        let (hours, _) = store::stats(&db.db, &f, GroupBy::Hour, tashkent)
+            .await
+            .unwrap();
+        assert!(
+            hours.iter().any(|g| g.key == "2026-11-21T01"),
+            "{b}: {hours:?}"
+        );
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let (hours, _) = store::stats(&db.db, &f, GroupBy::Hour, berlin)
+            .await
+            .unwrap();
+        let k: Vec<&str> = hours.iter().map(|g| g.key.as_str()).collect();
+        // 00:30 UTC is 01:30 CET; 01:30 UTC is 03:30 CEST.
+        assert!(
+            k.contains(&"2026-03-29T01") && k.contains(&"2026-03-29T03"),
+            "{b}: {k:?}"
+        );
+        assert!(k.contains(&"2026-11-20T21"), "{b}: {k:?}");
+        // A filter narrows the range; extensions need no zone.
+        let only = store::CallFilter {
+            extension: Some("1001".into()),
+            ..Default::default()
+        };
+        let (days, _) = store::stats(&db.db, &only, GroupBy::Day, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(&days),
+            [("2026-11-20".into(), 1), ("2026-11-21".into(), 1)],
+            "{b}"
+        );
+        let (exts, _) = store::stats(&db.db, &f, GroupBy::Extension, tashkent)
+            .await
+            .unwrap();
+        assert_eq!(keys(&exts), [("1001".into(), 2), ("1002".into(), 3)], "{b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_json_in_the_one_error_shape() {
+    let db = support::sqlite().await;
+    let (running, base) = start(&db).await;
+    let c = reqwest::Client::new();
+    let big = vec![b'x'; 1024 * 1024 + 1024];
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, Option<&str>)> = vec![
+        (
+            c.get(format!("{base}/no/such/route")).bearer_auth(TOKEN),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            c.get(format!("{base}/no/such/route")),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            c.delete(format!("{base}/health")),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            c.put(format!("{base}/calls")).bearer_auth(TOKEN),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "application/json")
+                .body(big),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"username": 5})),
+            422,
+            "invalid",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls?from=%FF")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls/%FF")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            c.get(format!("{base}/calls?limit=0")).bearer_auth(TOKEN),
+            400,
+            "bad_request",
+            Some("limit"),
+        ),
+        (
+            c.get(format!("{base}/calls")).bearer_auth("wrong"),
+            401,
+            "unauthorized",
+            None,
+        ),
+    ];
+    for (i, (rq, status, code, field)) in cases.into_iter().enumerate() {
+        // A 413 may come back before the whole body was sent, and the connection close
+        // then races the client's write: try again on a send error.
+        let mut sent = None;
+        for _ in 0..5 {
+            match rq.try_clone().unwrap().send().await {
+                Ok(r) => {
+                    sent = Some(r);
+                    break;
+                }
+                Err(e) => eprintln!("case {i}: {e}; again"),
+            }
+        }
+        let r = sent.expect("an answer");
+        assert_eq!(r.status().as_u16(), status, "case {i}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "case {i}: {ct}");
+        if status == 405 {
+            assert!(r.headers().contains_key("allow"), "case {i}");
+        }
+        let body: Value = r.json().await.unwrap();
+        let err = body["error"].as_object().expect("an error object");
+        assert_eq!(err["code"], code, "case {i}: {body}");
+        assert!(!err["message"].as_str().unwrap().is_empty(), "case {i}");
+        assert!(
+            err.keys()
+                .all(|k| ["code", "message", "field"].contains(&k.as_str()))
+        );
+        if let Some(f) = field {
+            assert_eq!(err.get("field"), Some(&Value::from(f)), "case {i}: {body}");
+        }
+    }
+    running.shutdown().await;
+}
