@@ -60,6 +60,48 @@ impl Schedule {
     }
 }
 
+/// The delays of one loop: after a success `every` plus jitter, after failures the backoff
+/// of the retry policy, restarted by the next success.
+pub struct Delays {
+    schedule: Schedule,
+    backoff: backon::ExponentialBackoff,
+    failures: u32,
+}
+
+impl Delays {
+    /// Delays for `schedule`, no failure yet.
+    pub fn new(schedule: Schedule) -> Self {
+        Delays {
+            schedule,
+            backoff: Self::backoff(&schedule),
+            failures: 0,
+        }
+    }
+
+    fn backoff(s: &Schedule) -> backon::ExponentialBackoff {
+        crate::retry::exponential(s.retry_min, s.retry_max.max(s.retry_min)).build()
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The delay after a run that succeeded (`ok`) or failed.
+    pub fn after(&mut self, ok: bool) -> Duration {
+        if ok {
+            if self.failures > 0 {
+                self.backoff = Self::backoff(&self.schedule);
+            }
+            self.failures = 0;
+            self.schedule.next_after_success()
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.backoff.next().unwrap_or(self.schedule.retry_max)
+        }
+    }
+}
+
 /// Runs `job` on `schedule` until `cancel` (see the module doc). `name` names the loop in
 /// log lines (e.g. `Kerio history sync`).
 pub async fn run<F, Fut, E>(name: &str, schedule: Schedule, cancel: CancellationToken, mut job: F)
@@ -68,15 +110,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let new_backoff = || {
-        crate::retry::exponential(
-            schedule.retry_min,
-            schedule.retry_max.max(schedule.retry_min),
-        )
-        .build()
-    };
-    let mut backoff = new_backoff();
-    let mut failures: u32 = 0;
+    let mut delays = Delays::new(schedule);
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -84,16 +118,15 @@ where
         };
         let delay = match result {
             Ok(()) => {
+                let failures = delays.failures();
                 if failures > 0 {
                     tracing::info!("{name}: works again after {failures} failures");
-                    backoff = new_backoff();
                 }
-                failures = 0;
-                schedule.next_after_success()
+                delays.after(true)
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
-                let d = backoff.next().unwrap_or(schedule.retry_max);
+                let d = delays.after(false);
+                let failures = delays.failures();
                 if failures == 1 {
                     tracing::warn!("{name} failed: {e}; next try in {} ms", d.as_millis());
                 } else {
@@ -115,43 +148,47 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[tokio::test(start_paused = true)]
-    async fn sync_schedule_backs_off_then_resets() {
+    #[test]
+    fn sync_schedule_backs_off_then_resets() {
         let s = Schedule {
             every: Duration::from_secs(100),
-            jitter: Duration::ZERO,
+            jitter: Duration::from_secs(5),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(100),
         };
-        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let n = Arc::new(AtomicU32::new(0));
-        let cancel = CancellationToken::new();
-        let (r, c) = (runs.clone(), n.clone());
-        let task = tokio::spawn(run("test", s, cancel.clone(), move || {
-            let (r, c) = (r.clone(), c.clone());
-            async move {
-                r.lock().unwrap().push(tokio::time::Instant::now());
-                // Fails three times, then works.
-                if c.fetch_add(1, Ordering::SeqCst) < 3 {
-                    Err("down")
-                } else {
-                    Ok(())
-                }
-            }
-        }));
-        tokio::time::sleep(Duration::from_secs(250)).await;
-        cancel.cancel();
-        task.await.unwrap();
-        let runs = runs.lock().unwrap();
-        let gaps: Vec<u64> = runs.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
-        // Backoff 1..2 s, 2..4 s, 4..8 s, then the interval.
-        assert!(gaps.len() >= 4, "{gaps:?}");
-        assert!((1..=2).contains(&gaps[0]), "{gaps:?}");
-        assert!((2..=4).contains(&gaps[1]), "{gaps:?}");
-        assert!((4..=8).contains(&gaps[2]), "{gaps:?}");
-        assert_eq!(gaps[3], 100, "{gaps:?}");
+        let mut d = Delays::new(s);
+        let secs = |d: Duration| d.as_secs_f64();
+        // Backoff 1..2 s, 2..4 s, 4..8 s (jitter of the retry policy), then the interval.
+        let a = secs(d.after(false));
+        let b = secs(d.after(false));
+        let c = secs(d.after(false));
+        assert!((1.0..=2.0).contains(&a), "{a}");
+        assert!((2.0..=4.0).contains(&b), "{b}");
+        assert!((4.0..=8.0).contains(&c), "{c}");
+        assert_eq!(d.failures(), 3);
+        let ok = secs(d.after(true));
+        assert!((100.0..=105.0).contains(&ok), "{ok}");
+        assert_eq!(d.failures(), 0);
+        // A new streak starts from the first delay again.
+        let a = secs(d.after(false));
+        assert!((1.0..=2.0).contains(&a), "{a}");
+        // Long streaks stay at the cap (with the policy's jitter).
+        for _ in 0..50 {
+            assert!(d.after(false) <= Duration::from_secs(200));
+        }
+    }
+
+    #[test]
+    fn sync_schedule_presets() {
+        let s = Schedule::sync(Duration::from_secs(300), Duration::from_secs(30));
+        assert_eq!(
+            (s.retry_min, s.retry_max),
+            (Duration::from_secs(30), Duration::from_secs(300))
+        );
+        assert_eq!(s.jitter, Duration::from_secs(30));
+        let p = Schedule::poll(Duration::from_secs(2));
+        assert_eq!(p.jitter, Duration::ZERO);
+        assert_eq!(p.retry_max, Duration::from_secs(60));
     }
 }
