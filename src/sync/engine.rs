@@ -335,6 +335,71 @@ impl Run {
     }
 }
 
+/// Proptest strategies for the mappers' tests: arbitrary JSON, and objects whose keys are a
+/// mapper's field names with hostile values.
+#[cfg(test)]
+pub(crate) mod arb {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A hostile leaf: huge, negative, fractional and extreme numbers; numeric, date-like,
+    /// NUL-holding, empty and long strings; booleans and null.
+    pub fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            prop_oneof![
+                Just(1e20),
+                Just(-1.0),
+                Just(1.7e308),
+                Just(-1e20),
+                Just(1.5e12)
+            ]
+            .prop_map(|f| json!(f)),
+            prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(-1i64), Just(0i64)]
+                .prop_map(|n| json!(n)),
+            "\\PC{0,12}".prop_map(Value::String),
+            "[0-9 :T+Z.-]{0,25}".prop_map(Value::String),
+            prop_oneof![
+                Just("1e20"),
+                Just("-1"),
+                Just("9999-12-31 23:59:59"),
+                Just("0000-00-00 00:00:00"),
+                Just("2025-10-25T12:00:00+14:00"),
+                Just("a\u{0}b"),
+                Just("262143-12-31 23:59:59"),
+                Just("NaN"),
+                Just("inf"),
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+            (1usize..70_000).prop_map(|n| Value::String("x".repeat(n))),
+        ]
+    }
+
+    /// Any JSON value (nested up to a few levels).
+    pub fn json_value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with some of `keys` set to hostile values (or nested JSON).
+    pub fn item(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        let value = prop_oneof![4 => leaf(), 1 => json_value()];
+        prop::collection::vec((prop::sample::select(keys), value), 0..12)
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

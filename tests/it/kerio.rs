@@ -861,6 +861,13 @@ async fn kerio_http_routes_verify_sync_and_recording_with_range() {
     let r = r.expect("the scheduled sync ends");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
+    // The same bare report as `POST /kavkom/sync`.
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["failed", "fetched", "inserted", "ms", "skipped", "updated"]
+    );
     // 22:00:00 .. 23:59:59 on 2023-11-14: the calls at T0 - 60*i for i in 0..=13.
     assert_eq!(
         (
@@ -978,5 +985,98 @@ async fn kerio_cli_sync_range_and_extension() {
         let bad =
             pbxbridge::sync::kerio::cli_sync(&settings, Some("soon".into()), None, None).await;
         assert!(bad.unwrap_err().to_string().contains("--from"));
+    }
+}
+
+#[tokio::test]
+async fn kerio_first_sync_of_1234_new_calls_counts_them_all() {
+    for t in support::both().await {
+        // Each call carries its own ID; calls 2k and 2k+1 are alike in every other field
+        // (two identical calls in one second).
+        let items: Vec<Value> = (0..1234)
+            .map(|i| {
+                let mut item = hist(i / 2);
+                item["ID"] = json!(format!("call-{i}"));
+                item
+            })
+            .collect();
+        let (fake, url) = fake_kerio(Fake {
+            history: items,
+            ..Fake::default()
+        })
+        .await;
+        let k = kerio(&url, &t.db, fast_options());
+        let r = sync(&k).await.unwrap();
+        assert_eq!(
+            (r.fetched, r.inserted, r.updated, r.skipped, r.failed),
+            (1234, 1234, 0, 0, 0),
+            "{}",
+            t.backend
+        );
+        let rows = kerio_rows(&t.db).await;
+        assert_eq!(rows.len(), 1234);
+        assert!(rows.iter().any(|r| r.call_id == "call-1233"));
+        let f = fake.lock().unwrap();
+        let fields = &f.requests_of("CallHistory.get")[0]["query"]["fields"];
+        assert!(
+            fields.as_array().unwrap().contains(&json!("ID")),
+            "{fields}"
+        );
+        drop(f);
+        // Again: nothing new, nothing changed.
+        let r = sync(&k).await.unwrap();
+        assert_eq!((r.inserted, r.updated), (0, 0), "{r:?}");
+    }
+}
+
+/// History rows no mapper should store: absurd durations and times, wrong types, NUL bytes,
+/// 1 MB fields.
+fn hostile_history() -> Vec<Value> {
+    let with = |id: &str, field: &str, v: Value| {
+        let mut item = hist(7);
+        item["ID"] = json!(id);
+        item[field] = v;
+        item
+    };
+    vec![
+        with("h-dur-huge", "CALL_DURATION", json!(1e20)),
+        with("h-dur-neg", "CALL_DURATION", json!(-1)),
+        with("h-ans-neg", "ANSWERED_DURATION", json!(-1)),
+        with("h-ans-huge", "ANSWERED_DURATION", json!("1e20")),
+        with("h-dur-type", "CALL_DURATION", json!({"s": 1})),
+        with("h-ts-huge", "TIMESTAMP", json!(1e20)),
+        with("h-ts-neg", "TIMESTAMP", json!(-1)),
+        with("h-ts-type", "TIMESTAMP", json!([T0])),
+        with("h-nul", "FROM_NUM", json!("99890\u{0}1234567")),
+        with("h-big", "TO_NAME", json!("x".repeat(1 << 20))),
+        with("h-ts-max", "TIMESTAMP", json!(i64::MAX)),
+    ]
+}
+
+#[tokio::test]
+async fn kerio_hostile_rows_are_skipped_and_the_rest_synced() {
+    for t in support::both().await {
+        let mut items = history(30);
+        let hostile = hostile_history();
+        let n = hostile.len() as u64;
+        items.extend(hostile);
+        let (_fake, url) = fake_kerio(Fake {
+            history: items,
+            ..Fake::default()
+        })
+        .await;
+        let k = kerio(&url, &t.db, fast_options());
+        let r = sync(&k).await.unwrap();
+        assert_eq!(
+            (r.fetched, r.inserted, r.skipped, r.failed),
+            (30 + n, 30, n, 0),
+            "{} {r:?}",
+            t.backend
+        );
+        assert_eq!(kerio_rows(&t.db).await.len(), 30);
+        assert_eq!(get_watermark(&t.db, WATERMARK).await.unwrap(), Some(ts(T0)));
+        // The next run goes on past them.
+        let r = sync(&k).await.unwrap();
+        assert_eq!(r.inserted, 0, "{r:?}");
     }
 }

@@ -476,4 +476,53 @@ mod tests {
         assert_eq!(m.format_filter(t, true), "2025-10-25 12:01");
         assert!(Mapper::new("Mars/Olympus", Regex::new(".").unwrap()).is_err());
     }
+
+    const KEYS: &[&str] = &[
+        "uuid",
+        "id",
+        "call_uuid",
+        "start_stamp",
+        "start_epoch",
+        "start_time",
+        "answer_stamp",
+        "answer_epoch",
+        "end_stamp",
+        "end_epoch",
+        "duration",
+        "billsec",
+        "direction",
+        "caller_id_number",
+        "destination_number",
+        "extension",
+        "call_result",
+        "file",
+        "hangup_cause",
+        "state",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No item makes a mapper panic; what maps is then checked by the engine (which
+        /// never panics either).
+        #[test]
+        fn kavkom_mappers_never_panic(
+            item in proptest::prop_oneof![
+                crate::sync::engine::arb::item(KEYS),
+                crate::sync::engine::arb::json_value(),
+            ]
+        ) {
+            let m = mapper();
+            let now = Utc::now();
+            if let Ok(r) = m.cdr(&item) {
+                let _ = crate::sync::engine::check_record(&r, now);
+            }
+            if let Ok(r) = m.active(&item, now) {
+                let _ = crate::sync::engine::check_record(&r, now);
+            }
+            let mut st = super::super::active::ActiveState::default();
+            let _ = st.apply(&m, std::slice::from_ref(&item), now);
+            let _ = st.apply(&m, &[], now);
+        }
+    }
 }

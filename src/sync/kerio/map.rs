@@ -520,4 +520,61 @@ mod tests {
         );
         assert_eq!(match_recording(&call, &list[..3]), None);
     }
+
+    const KEYS: &[&str] = &[
+        "ID",
+        "TIMESTAMP",
+        "FROM_NUM",
+        "FROM_NAME",
+        "TO_NUM",
+        "TO_NAME",
+        "CALL_DURATION",
+        "ANSWERED_DURATION",
+        "STATUS",
+        "FROM",
+        "TO",
+        "NUMBER",
+        "NAME",
+        "EXTENSION",
+        "CALLER_ID",
+        "DURATION",
+        "STARTED",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No item makes a mapper panic; what maps either passes the engine's checks or is
+        /// refused by them, never a panic either.
+        #[test]
+        fn kerio_mappers_never_panic(
+            item in proptest::prop_oneof![
+                crate::sync::engine::arb::item(KEYS),
+                crate::sync::engine::arb::json_value(),
+            ]
+        ) {
+            let now = Utc::now();
+            if let Ok(r) = history_record(&agents(), &item) {
+                let _ = crate::sync::engine::check_record(&r, now);
+                proptest::prop_assert!(r.duration >= r.billsec);
+            }
+            if let Ok(c) = live_call(&item) {
+                let mut a = super::super::active::ActiveCalls::new(
+                    agents(),
+                    std::time::Duration::from_secs(5),
+                );
+                let _ = a.apply(now, &[c.clone()]);
+                let _ = a.apply(now, &[]);
+            }
+            if let Ok(rec) = recording(&item) {
+                let call = history_record(
+                    &agents(),
+                    &json!({"TIMESTAMP": 1_700_000_000, "FROM_NUM": "101", "STATUS": 4,
+                        "CALL_DURATION": 40, "ANSWERED_DURATION": 30}),
+                )
+                .unwrap();
+                let _ = match_recording(&call, &[rec]);
+            }
+        }
+    }
 }
