@@ -1016,13 +1016,12 @@ async fn kerio_first_sync_of_1234_new_calls_counts_them_all() {
         let rows = kerio_rows(&t.db).await;
         assert_eq!(rows.len(), 1234);
         assert!(rows.iter().any(|r| r.call_id == "call-1233"));
-        let f = fake.lock().unwrap();
-        let fields = &f.requests_of("CallHistory.get")[0]["query"]["fields"];
+        let fields =
+            fake.lock().unwrap().requests_of("CallHistory.get")[0]["query"]["fields"].clone();
         assert!(
             fields.as_array().unwrap().contains(&json!("ID")),
             "{fields}"
         );
-        drop(f);
         // Again: nothing new, nothing changed.
         let r = sync(&k).await.unwrap();
         assert_eq!((r.inserted, r.updated), (0, 0), "{r:?}");

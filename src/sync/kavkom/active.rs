@@ -176,7 +176,7 @@ pub async fn run(k: Arc<Kavkom>, every: Duration, st: &mut ActiveState, cancel: 
         "Kavkom active calls poll",
         Schedule::poll(every),
         cancel,
-        || async move { poll_once(k, &mut *st.lock().await).await.map(|_| ()) },
+        || async move { poll_once(k, *st.lock().await).await.map(|_| ()) },
     )
     .await
 }

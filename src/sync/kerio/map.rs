@@ -563,7 +563,7 @@ mod tests {
                     agents(),
                     std::time::Duration::from_secs(5),
                 );
-                let _ = a.apply(now, &[c.clone()]);
+                let _ = a.apply(now, std::slice::from_ref(&c));
                 let _ = a.apply(now, &[]);
             }
             if let Ok(rec) = recording(&item) {
