@@ -1079,3 +1079,41 @@ async fn kerio_hostile_rows_are_skipped_and_the_rest_synced() {
         assert_eq!(r.inserted, 0, "{r:?}");
     }
 }
+
+#[tokio::test]
+async fn kerio_two_concurrent_recording_fetches_make_one_download() {
+    let audio: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let (fake, url) = fake_kerio(Fake {
+        history: history(3),
+        recordings: vec![
+            json!({"ID": "r1", "NAME": "r1.mp3", "EXTENSION": "101", "CALLER_ID": "998900000000", "DURATION": 30, "STARTED": T0 + 10}),
+        ],
+        audio: HashMap::from([("r1".to_string(), audio.clone())]),
+        ..Fake::default()
+    })
+    .await;
+    let t = support::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_string_lossy().to_string();
+    let mut args = kerio_args(&url, PASSWORD);
+    args.extend(["--recordings-dir", &dir_s]);
+    let k = Kerio::new(&support::settings(&args), t.db.clone(), fast_options()).unwrap();
+    sync(&k).await.unwrap();
+    let call = kerio_rows(&t.db)
+        .await
+        .into_iter()
+        .find(|r| r.start_time == ts(T0))
+        .unwrap();
+    // The first look-up is slow, so that the two requests overlap.
+    fake.lock().unwrap().faults = vec![(
+        "Recordings.get".to_string(),
+        Fault::Sleep(Duration::from_millis(300)),
+    )];
+    let (a, b) = tokio::join!(k.recording_file(&call), k.recording_file(&call));
+    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    assert_eq!(a, b);
+    assert_eq!(std::fs::read(&a.0).unwrap(), audio);
+    let f = fake.lock().unwrap();
+    assert_eq!(f.downloads, 1);
+    assert_eq!(f.requests_of("Recordings.downloadAudioContent").len(), 1);
+}
