@@ -170,6 +170,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         agents.clone(),
         settings.control.clone(),
         crate::sync::recording::cache_dir(settings.core.recordings_dir.as_deref()),
+        settings.core.recordings_max_mb.saturating_mul(1024 * 1024),
     ));
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let divert = stasis::Divert {

@@ -291,6 +291,10 @@ pub struct CoreSettings {
     /// Folder where downloaded recordings are cached (optional).
     #[arg(long, env = "RECORDINGS_DIR", global = true)]
     pub recordings_dir: Option<PathBuf>,
+    /// Largest size of the recordings cache in MB: after each download the oldest files
+    /// are removed until the cache fits (0 = keep everything).
+    #[arg(long, env = "RECORDINGS_MAX_MB", default_value_t = 1024, global = true)]
+    pub recordings_max_mb: u64,
     /// Live events a WebSocket/SSE client may fall behind before it gets `resync`.
     #[arg(long, env = "LIVE_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
     pub live_buffer: u32,

@@ -114,6 +114,8 @@ pub struct Control {
     settings: ControlSettings,
     /// Where fetched recordings are cached (`RECORDINGS_DIR`, else a temp folder).
     cache_dir: PathBuf,
+    /// Largest size of that cache in bytes (`RECORDINGS_MAX_MB`; 0 = no limit).
+    cache_max_bytes: u64,
     /// Recordings being started, by snoop channel id: the waiting request.
     pending: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     /// Click-to-calls to record once answered: linkedid → when asked (forgotten after
@@ -131,13 +133,14 @@ impl std::fmt::Debug for Control {
 
 impl Control {
     /// Call control through `client`, recording into `db`; `cache_dir` holds recordings
-    /// fetched over ARI.
+    /// fetched over ARI, evicted down to `cache_max_bytes` (0 = no limit).
     pub fn new(
         client: AriClient,
         db: Db,
         agents: AgentMatcher,
         settings: ControlSettings,
         cache_dir: PathBuf,
+        cache_max_bytes: u64,
     ) -> Self {
         Control {
             client,
@@ -145,6 +148,7 @@ impl Control {
             agents,
             settings,
             cache_dir,
+            cache_max_bytes,
             pending: Mutex::default(),
             record_on_answer: Mutex::default(),
             wake: Notify::new(),
@@ -543,7 +547,7 @@ impl Control {
                 AriError::NotFound { .. } => ControlError::NoRecording,
                 e => ControlError::Ari(e),
             })?;
-        crate::sync::recording::store(&cached, &bytes).await?;
+        crate::sync::recording::store(&cached, &bytes, self.cache_max_bytes).await?;
         Ok((cached, content_type))
     }
 

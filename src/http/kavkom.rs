@@ -2,10 +2,17 @@
 //! [`crate::sync::kavkom`] (client, sync and recordings these handlers call):
 //! - `GET /kavkom/auth/verify`: checks token and domain with Kavkom → `{"ok": true, "domainUuid"}`.
 //! - `POST /kavkom/sync?startDate&endDate&extension` (admin): one sync now → the
-//!   [`SyncReport`](crate::sync::SyncReport) as JSON; 409 when a sync is already running.
+//!   [`SyncReport`](crate::sync::SyncReport) `{"fetched", "inserted", "updated", "skipped",
+//!   "failed", "ms"}`, the same answer as `POST /kerio/sync`; 409 when a sync is already
+//!   running. Without `startDate`/`endDate`/`extension` a scheduled-style run from the
+//!   watermark; with any of them a range run that never moves the watermark.
 //! - `GET /kavkom/calls/{callId}/recording`: the recording of a Kavkom call (`callId` is the
 //!   CDR uuid, or the call record's id), fetched on demand and cached, `Range` supported.
-//! - `POST /kavkom/calls` `{"extension", "number"}` (admin): click-to-call.
+//! - `POST /kavkom/calls` `{"extension", "number"}` (admin): click-to-call, sent once (never
+//!   retried): `202 {"ok": true, "message", "reference", "extension", "number"}`
+//!   (`reference` is Kavkom's id of the call, or null); when Kavkom does not answer in time,
+//!   `504 {"error": {"code": "upstream_timeout", "message": "... may have been placed ..."}}`
+//!   (check before calling again).
 //!
 //! Without `KAVKOM_API_TOKEN` every route answers 503; without `KAVKOM_DOMAIN_UUID`, 503
 //! saying where to find it. Kavkom's own failures are 502 with the reason (never the token).
@@ -16,8 +23,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::Request;
-use axum::response::Response;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -104,11 +111,13 @@ async fn sync(
         to,
         extension,
     };
+    tracing::info!(by = %principal.name, ?req, "Kavkom sync requested");
     let report = k.try_sync(&req).await?.ok_or_else(|| ApiError::Conflict {
         field: None,
         message: "a Kavkom sync is already running".into(),
     })?;
-    Ok(Json(json!({ "ok": true, "report": report })))
+    tracing::info!("Kavkom sync (requested): {report}");
+    Ok(Json(json!(report)))
 }
 
 /// Body of `POST /kavkom/calls`.
@@ -151,7 +160,7 @@ async fn click_to_call(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     body: Result<Json<CallBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let Json(body) = body.map_err(|e| {
         ApiError::bad_param(
@@ -165,11 +174,22 @@ async fn click_to_call(
     let extension = field(&body.extension, "extension")?;
     let number = field(&body.number, "number")?;
     let k = adapter(&state)?;
-    let message = k.client().click_to_call(&extension, &number).await?;
-    tracing::info!(%extension, %number, by = %principal.name, "Kavkom click-to-call placed");
-    Ok(Json(
-        json!({ "ok": true, "message": message, "extension": extension, "number": number }),
-    ))
+    let placed = match k.client().click_to_call(&extension, &number).await {
+        Ok(p) => p,
+        Err(e @ KavkomError::Timeout { .. }) => {
+            tracing::warn!(%extension, %number, by = %principal.name, "Kavkom click-to-call: no answer in time ({e}); the call may have been placed");
+            let body = json!({ "error": {
+                "code": "upstream_timeout",
+                "message": format!("Kavkom did not answer in time: the call may have been placed; check before calling again ({e})"),
+            }});
+            return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(%extension, %number, by = %principal.name, reference = ?placed.reference, "Kavkom click-to-call placed");
+    let body = json!({ "ok": true, "message": placed.message, "reference": placed.reference,
+        "extension": extension, "number": number });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 async fn recording(

@@ -4,8 +4,10 @@
 //! - `GET /kerio/auth/verify`: logs in to the appliance now; `{"ok": true, "endpoint", "user"}`,
 //!   or 502 with the appliance's error.
 //! - `POST /kerio/sync?startDate&endDate&extension` (admin): one history sync now; without
-//!   `startDate`/`endDate`/`extension` a scheduled-style run from the watermark. Returns the
-//!   counts `{"fetched", "inserted", "updated", "skipped", "ms"}`; 409 while another sync runs.
+//!   `startDate`/`endDate`/`extension` a scheduled-style run from the watermark; with any of
+//!   them a range run that never moves the watermark. Returns the
+//!   [`SyncReport`](crate::sync::SyncReport) `{"fetched", "inserted", "updated", "skipped",
+//!   "failed", "ms"}`, the same answer as `POST /kavkom/sync`; 409 while another sync runs.
 //! - `GET /kerio/calls/{callId}/recording`: the matched recording (record UUID or Kerio call
 //!   id), with its content type and `Range` support; 404 when there is none.
 //!
@@ -90,14 +92,7 @@ async fn sync_now(
             message: "a Kerio sync is already running".into(),
         })?
         .map_err(upstream)?;
-    tracing::info!(
-        "Kerio sync (requested): {} fetched / {} new / {} updated / {} skipped in {} ms",
-        report.fetched,
-        report.inserted,
-        report.updated,
-        report.skipped,
-        report.ms
-    );
+    tracing::info!("Kerio sync (requested): {report}");
     Ok(Json(json!(report)))
 }
 

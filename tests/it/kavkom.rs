@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use pbxbridge::calls::store::{self as calls_store, CallFilter};
 use pbxbridge::calls::{CallState, CallStatus, Direction, Source};
 use pbxbridge::config::Secret;
@@ -64,6 +64,8 @@ struct FakeState {
     active: Mutex<Vec<Value>>,
     files: Mutex<HashMap<String, Vec<u8>>>,
     addr: Mutex<Option<SocketAddr>>,
+    /// Reply to click-to-call instead of the default `{"success", "message"}`.
+    call_reply: Mutex<Option<Value>>,
 }
 
 struct Fake {
@@ -254,9 +256,14 @@ async fn handle(State(st): State<Arc<FakeState>>, headers: HeaderMap, req: Reque
             }
         }
         "/api/pbx/v1/active_call/list" => envelope(Value::Array(st.active.lock().unwrap().clone())),
-        "/api/pbx/v1/active_call/call" => {
-            axum::Json(json!({"success": true, "message": "Call initiated"})).into_response()
-        }
+        "/api/pbx/v1/active_call/call" => axum::Json(
+            st.call_reply
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| json!({"success": true, "message": "Call initiated"})),
+        )
+        .into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -1075,7 +1082,19 @@ async fn kavkom_routes_verify_sync_and_click_to_call() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["report"]["inserted"], 1);
+    // The same bare report as `POST /kerio/sync`.
+    assert_eq!(body["inserted"], 1);
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["failed", "fetched", "inserted", "ms", "skipped", "updated"]
+    );
     let r = api
         .post("/kavkom/sync?startDate=yesterday")
         .send()
@@ -1102,11 +1121,10 @@ async fn kavkom_routes_verify_sync_and_click_to_call() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["message"],
-        "Call initiated"
-    );
+    assert_eq!(r.status(), 202);
+    let placed = r.json::<Value>().await.unwrap();
+    assert_eq!(placed["message"], "Call initiated");
+    assert_eq!(placed["reference"], Value::Null);
     let call = &fake.hits("/active_call/call")[0];
     assert_eq!(
         call.body,
@@ -1490,4 +1508,242 @@ async fn kavkom_copes_with_a_smaller_page_cap() {
     let r = sync(&k2, SyncRequest::default()).await.unwrap();
     assert_eq!(r.inserted, 100);
     assert_eq!(fake.hits("/cdr/list").len(), 2);
+}
+
+#[tokio::test]
+async fn kavkom_range_sync_leaves_the_watermark() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    let now = Utc::now();
+    let base = (now - chrono::Duration::hours(3))
+        .with_nanosecond(0)
+        .unwrap();
+    fake.set_cdrs(
+        (0..5)
+            .map(|i| {
+                cdr(
+                    &format!("w-{i}"),
+                    base + chrono::Duration::minutes(10 * i),
+                    "inbound",
+                    "answered",
+                )
+            })
+            .collect(),
+    );
+    let k = adapter(&fake.url(), &t.db);
+    // The stored watermark is days older than the range asked for.
+    let old = (now - chrono::Duration::days(3))
+        .with_nanosecond(0)
+        .unwrap();
+    state::set_watermark(&t.db, WATERMARK, old).await.unwrap();
+    for req in [
+        SyncRequest {
+            from: Some(now - chrono::Duration::hours(4)),
+            ..SyncRequest::default()
+        },
+        SyncRequest {
+            to: Some(now),
+            ..SyncRequest::default()
+        },
+        SyncRequest {
+            from: Some(now - chrono::Duration::hours(4)),
+            to: Some(now),
+            extension: Some("101".into()),
+        },
+    ] {
+        sync(&k, req.clone()).await.unwrap();
+        assert_eq!(
+            state::get_watermark(&t.db, WATERMARK).await.unwrap(),
+            Some(old),
+            "{req:?}"
+        );
+    }
+    assert_eq!(count(&t.db).await, 5);
+    // Only the unfiltered run over the whole open range moves it.
+    sync(&k, SyncRequest::default()).await.unwrap();
+    assert_eq!(
+        state::get_watermark(&t.db, WATERMARK).await.unwrap(),
+        Some(base + chrono::Duration::minutes(40))
+    );
+}
+
+#[tokio::test]
+async fn kavkom_click_to_call_is_never_retried() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    let api = Api::start(&fake, &t.db, None).await;
+    let body = json!({"extension": "101", "number": "+998901112233"});
+
+    // No answer within the client's timeout: 504, the call may have been placed, one request.
+    fake.script(Next::Sleep(Duration::from_millis(1500)));
+    let r = api.post("/kavkom/calls").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may have been placed"),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(fake.hits("/active_call/call").len(), 1);
+
+    // A 5xx is not retried either (the request reached Kavkom).
+    fake.script(Next::Status(500, None));
+    let r = api.post("/kavkom/calls").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.hits("/active_call/call").len(), 2);
+
+    // Placed: 202 with Kavkom's reference when its reply has one.
+    *fake.st.call_reply.lock().unwrap() =
+        Some(json!({"success": true, "message": "Call initiated", "data": {"uuid": "ref-77"}}));
+    let r = api.post("/kavkom/calls").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["reference"].clone()),
+        (json!(true), json!("ref-77"))
+    );
+    assert_eq!(fake.hits("/active_call/call").len(), 3);
+
+    // A GET is still retried after a 5xx.
+    fake.script(Next::Status(503, None));
+    assert_eq!(api.kavkom.client().verify().await.unwrap(), 1);
+    assert_eq!(fake.hits("/extension/list").len(), 2);
+}
+
+/// Rows no mapper should store: absurd durations and times, wrong types, NUL bytes, 1 MB.
+fn hostile_cdrs(at: DateTime<Utc>) -> Vec<Value> {
+    let local = at
+        .with_timezone(&TZ)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let with = |uuid: &str, field: &str, v: Value| {
+        let mut c = json!({"uuid": uuid, "start_stamp": local, "direction": "inbound",
+            "caller_id_number": "+998901112233", "destination_number": "101", "duration": 30});
+        c[field] = v;
+        c
+    };
+    vec![
+        with("h-dur-huge", "duration", json!(1e20)),
+        with("h-dur-neg", "duration", json!(-1)),
+        with("h-billsec-type", "billsec", json!({"n": 3})),
+        with("h-dur-type", "duration", json!([1, 2])),
+        with("h-nul", "caller_id_number", json!("99890\u{0}1112233")),
+        with("h-big", "caller_id_name", json!("x".repeat(1 << 20))),
+        with("h-start-huge", "start_stamp", json!(1e20)),
+        with("h-start-neg", "start_stamp", json!(-1)),
+        with("h-end-far", "end_stamp", json!("9999-12-31 23:59:59")),
+        with("h-start-type", "start_stamp", json!(true)),
+        json!({"uuid": {"nested": 1}, "start_stamp": local}),
+    ]
+}
+
+#[tokio::test]
+async fn kavkom_hostile_rows_are_skipped_and_the_rest_synced() {
+    for t in support::both().await {
+        let fake = Fake::start().await;
+        let start = Utc::now().with_nanosecond(0).unwrap() - chrono::Duration::hours(2);
+        fake.set_cdrs(
+            (0..3)
+                .map(|i| {
+                    cdr(
+                        &format!("ok-{i}"),
+                        start + chrono::Duration::minutes(i),
+                        "inbound",
+                        "answered",
+                    )
+                })
+                .collect(),
+        );
+        let hostile = hostile_cdrs(start);
+        let n = hostile.len() as u64;
+        *fake.st.extra.lock().unwrap() = hostile;
+        let k = adapter_with(
+            &fake.url(),
+            &t.db,
+            Hub::default(),
+            Some(DOMAIN),
+            TOKEN,
+            "1000",
+            SyncOptions {
+                chunk: chrono::Duration::days(30),
+                ..SyncOptions::default()
+            },
+        );
+        let r = sync(&k, SyncRequest::default()).await.unwrap();
+        assert_eq!(
+            (r.fetched, r.inserted, r.skipped, r.failed),
+            (n + 3, 3, n, 0),
+            "{} {r:?}",
+            t.backend
+        );
+        assert_eq!(count(&t.db).await, 3);
+        assert_eq!(
+            state::get_watermark(&t.db, WATERMARK).await.unwrap(),
+            Some(start + chrono::Duration::minutes(2))
+        );
+        // The next run goes on (nothing stuck behind the hostile rows).
+        let r = sync(&k, SyncRequest::default()).await.unwrap();
+        assert_eq!((r.inserted, r.skipped), (0, n), "{r:?}");
+    }
+}
+
+#[test]
+fn kavkom_poller_memory_is_flat_over_10000_polls() {
+    let mapper = pbxbridge::sync::kavkom::map::Mapper::new(
+        "Asia/Tashkent",
+        regex::Regex::new(r"^[0-9]{2,6}$").unwrap(),
+    )
+    .unwrap();
+    let mut st = active::ActiveState::default();
+    let t0 = Utc::now();
+    let mut most = (0, 0);
+    for i in 0..10_000i64 {
+        let now = t0 + chrono::Duration::seconds(i);
+        // A call that lives 50 polls, then the next one; items that change every poll and
+        // cannot be mapped (no id; not an object).
+        let items = vec![
+            json!({"uuid": format!("live-{}", i / 50), "caller_id_number": "+998901112233",
+                "destination_number": "101", "duration": i % 50, "state": "ringing"}),
+            json!({"caller_id_number": "+998901112233", "duration": i}),
+            json!(format!("garbage {i}")),
+            json!({"uuid": format!("nul-{}", i / 100), "note": "x\u{0}y", "n": i}),
+        ];
+        st.apply(&mapper, &items, now);
+        let (live, logged) = st.sizes();
+        most = (most.0.max(live), most.1.max(logged));
+    }
+    assert_eq!(most, (1, 3), "live calls and logged keys stay bounded");
+}
+
+#[tokio::test]
+async fn kavkom_two_concurrent_recording_fetches_make_one_upstream_request() {
+    let fake = Fake::start().await;
+    let t = support::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc::now() - chrono::Duration::hours(1);
+    fake.set_cdrs(vec![cdr("c-1", start, "inbound", "answered")]);
+    fake.st
+        .files
+        .lock()
+        .unwrap()
+        .insert("c-1.mp3".into(), b"ID3 fake audio".to_vec());
+    let api = Api::start(&fake, &t.db, Some(dir.path())).await;
+    sync(&api.kavkom, SyncRequest::default()).await.unwrap();
+    // The download is slow, so that the two requests overlap.
+    fake.script(Next::Sleep(Duration::from_millis(300)));
+    let (a, b) = tokio::join!(api.kavkom.recording("c-1"), api.kavkom.recording("c-1"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    assert_eq!(std::fs::read(&a.0).unwrap(), b"ID3 fake audio");
+    assert_eq!(fake.hits("/cdr/download").len(), 1);
+    // No temp file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["kavkom-c-1.mp3"]);
 }

@@ -469,10 +469,11 @@ async fn kerio_incremental_sync_from_watermark_with_overlap() {
             f.requests.clear();
         }
         let r = sync(&k).await.unwrap();
-        // 5 new, and the 11 calls in the 10-minute overlap below the old watermark.
+        // 5 new, and the 11 calls in the 10-minute overlap below the old watermark, fetched
+        // again but stored unchanged (neither inserted nor updated).
         assert_eq!(
             (r.fetched, r.inserted, r.updated),
-            (16, 5, 11),
+            (16, 5, 0),
             "{}",
             t.backend
         );
@@ -594,10 +595,10 @@ async fn kerio_garbage_json_and_bad_items_never_panic() {
             t.backend
         );
 
-        // Whole run: the junk TIMESTAMP is skipped, the odd CALL_DURATION is tolerated.
+        // Whole run: the junk TIMESTAMP and the CALL_DURATION of the wrong type are skipped.
         let r = sync(&k).await.unwrap();
-        assert_eq!(r.skipped, 1);
-        assert_eq!(kerio_rows(&t.db).await.len(), 121);
+        assert_eq!(r.skipped, 2);
+        assert_eq!(kerio_rows(&t.db).await.len(), 120);
         assert_eq!(get_watermark(&t.db, WATERMARK).await.unwrap(), Some(ts(T0)));
 
         // Garbage from the live poll is an error, not a panic.
@@ -860,6 +861,13 @@ async fn kerio_http_routes_verify_sync_and_recording_with_range() {
     let r = r.expect("the scheduled sync ends");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
+    // The same bare report as `POST /kavkom/sync`.
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["failed", "fetched", "inserted", "ms", "skipped", "updated"]
+    );
     // 22:00:00 .. 23:59:59 on 2023-11-14: the calls at T0 - 60*i for i in 0..=13.
     assert_eq!(
         (
@@ -867,7 +875,7 @@ async fn kerio_http_routes_verify_sync_and_recording_with_range() {
             v["inserted"].as_u64(),
             v["updated"].as_u64()
         ),
-        (Some(14), Some(0), Some(14)),
+        (Some(14), Some(0), Some(0)),
         "{v}"
     );
     let r = http
@@ -978,4 +986,134 @@ async fn kerio_cli_sync_range_and_extension() {
             pbxbridge::sync::kerio::cli_sync(&settings, Some("soon".into()), None, None).await;
         assert!(bad.unwrap_err().to_string().contains("--from"));
     }
+}
+
+#[tokio::test]
+async fn kerio_first_sync_of_1234_new_calls_counts_them_all() {
+    for t in support::both().await {
+        // Each call carries its own ID; calls 2k and 2k+1 are alike in every other field
+        // (two identical calls in one second).
+        let items: Vec<Value> = (0..1234)
+            .map(|i| {
+                let mut item = hist(i / 2);
+                item["ID"] = json!(format!("call-{i}"));
+                item
+            })
+            .collect();
+        let (fake, url) = fake_kerio(Fake {
+            history: items,
+            ..Fake::default()
+        })
+        .await;
+        let k = kerio(&url, &t.db, fast_options());
+        let r = sync(&k).await.unwrap();
+        assert_eq!(
+            (r.fetched, r.inserted, r.updated, r.skipped, r.failed),
+            (1234, 1234, 0, 0, 0),
+            "{}",
+            t.backend
+        );
+        let rows = kerio_rows(&t.db).await;
+        assert_eq!(rows.len(), 1234);
+        assert!(rows.iter().any(|r| r.call_id == "call-1233"));
+        let fields =
+            fake.lock().unwrap().requests_of("CallHistory.get")[0]["query"]["fields"].clone();
+        assert!(
+            fields.as_array().unwrap().contains(&json!("ID")),
+            "{fields}"
+        );
+        // Again: nothing new, nothing changed.
+        let r = sync(&k).await.unwrap();
+        assert_eq!((r.inserted, r.updated), (0, 0), "{r:?}");
+    }
+}
+
+/// History rows no mapper should store: absurd durations and times, wrong types, NUL bytes,
+/// 1 MB fields.
+fn hostile_history() -> Vec<Value> {
+    let with = |id: &str, field: &str, v: Value| {
+        let mut item = hist(7);
+        item["ID"] = json!(id);
+        item[field] = v;
+        item
+    };
+    vec![
+        with("h-dur-huge", "CALL_DURATION", json!(1e20)),
+        with("h-dur-neg", "CALL_DURATION", json!(-1)),
+        with("h-ans-neg", "ANSWERED_DURATION", json!(-1)),
+        with("h-ans-huge", "ANSWERED_DURATION", json!("1e20")),
+        with("h-dur-type", "CALL_DURATION", json!({"s": 1})),
+        with("h-ts-huge", "TIMESTAMP", json!(1e20)),
+        with("h-ts-neg", "TIMESTAMP", json!(-1)),
+        with("h-ts-type", "TIMESTAMP", json!([T0])),
+        with("h-nul", "FROM_NUM", json!("99890\u{0}1234567")),
+        with("h-big", "TO_NAME", json!("x".repeat(1 << 20))),
+        with("h-ts-max", "TIMESTAMP", json!(i64::MAX)),
+    ]
+}
+
+#[tokio::test]
+async fn kerio_hostile_rows_are_skipped_and_the_rest_synced() {
+    for t in support::both().await {
+        let mut items = history(30);
+        let hostile = hostile_history();
+        let n = hostile.len() as u64;
+        items.extend(hostile);
+        let (_fake, url) = fake_kerio(Fake {
+            history: items,
+            ..Fake::default()
+        })
+        .await;
+        let k = kerio(&url, &t.db, fast_options());
+        let r = sync(&k).await.unwrap();
+        assert_eq!(
+            (r.fetched, r.inserted, r.skipped, r.failed),
+            (30 + n, 30, n, 0),
+            "{} {r:?}",
+            t.backend
+        );
+        assert_eq!(kerio_rows(&t.db).await.len(), 30);
+        assert_eq!(get_watermark(&t.db, WATERMARK).await.unwrap(), Some(ts(T0)));
+        // The next run goes on past them.
+        let r = sync(&k).await.unwrap();
+        assert_eq!(r.inserted, 0, "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn kerio_two_concurrent_recording_fetches_make_one_download() {
+    let audio: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let (fake, url) = fake_kerio(Fake {
+        history: history(3),
+        recordings: vec![
+            json!({"ID": "r1", "NAME": "r1.mp3", "EXTENSION": "101", "CALLER_ID": "998900000000", "DURATION": 30, "STARTED": T0 + 10}),
+        ],
+        audio: HashMap::from([("r1".to_string(), audio.clone())]),
+        ..Fake::default()
+    })
+    .await;
+    let t = support::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_string_lossy().to_string();
+    let mut args = kerio_args(&url, PASSWORD);
+    args.extend(["--recordings-dir", &dir_s]);
+    let k = Kerio::new(&support::settings(&args), t.db.clone(), fast_options()).unwrap();
+    sync(&k).await.unwrap();
+    let call = kerio_rows(&t.db)
+        .await
+        .into_iter()
+        .find(|r| r.start_time == ts(T0))
+        .unwrap();
+    // The first look-up is slow, so that the two requests overlap.
+    fake.lock().unwrap().faults = vec![(
+        "Recordings.get".to_string(),
+        Fault::Sleep(Duration::from_millis(300)),
+    )];
+    let (a, b) = tokio::join!(k.recording_file(&call), k.recording_file(&call));
+    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    assert_eq!(a, b);
+    assert_eq!(std::fs::read(&a.0).unwrap(), audio);
+    let f = fake.lock().unwrap();
+    assert_eq!(f.downloads, 1);
+    assert_eq!(f.requests_of("Recordings.downloadAudioContent").len(), 1);
 }

@@ -3,6 +3,11 @@
 //! is `Created` (or `Answered` when already up), one that comes up is `Answered`, one that
 //! disappears is `Ended` (its final record arrives with the next history sync). Nothing is
 //! written to the database here.
+//!
+//! Memory is bounded by the calls of the last poll: the live set holds the calls seen in
+//! it, and the "already logged" set of unmappable items is keyed by the item's call id (or,
+//! without one, by the reason) and pruned to the keys of the last poll, so an item is logged
+//! once while it stays in the list, whatever fields change between polls.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,19 +20,75 @@ use super::Kavkom;
 use super::client::KavkomError;
 use crate::calls::tracker::{CallChange, CallUpdate};
 use crate::calls::{CallRecord, CallState, CallStatus};
+use crate::sync::schedule::{self, Schedule};
 
-/// The poller's memory between polls: the calls seen live, and the items already logged as
-/// unmappable (each is logged once).
+/// The poller's memory between polls: the calls seen live, and the keys of the items
+/// already logged as unmappable (see the module doc).
 #[derive(Debug, Default)]
 pub struct ActiveState {
     live: HashMap<String, CallRecord>,
     logged: HashSet<String>,
 }
 
+/// Key of an unmappable item for "logged once": its call id when it has one, else the reason.
+fn skip_key(item: &serde_json::Value, reason: &str) -> String {
+    let id = ["uuid", "call_uuid", "channel_uuid", "id", "call_id"]
+        .iter()
+        .find_map(|k| match item.get(*k) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+    let mut key = match id {
+        Some(id) => format!("id:{id}"),
+        None => format!("why:{reason}"),
+    };
+    key.truncate(key.floor_char_boundary(256));
+    key
+}
+
 impl ActiveState {
     /// The calls live at the last poll.
     pub fn live(&self) -> impl Iterator<Item = &CallRecord> {
         self.live.values()
+    }
+
+    /// Entries held: (live calls, keys of unmappable items logged).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.live.len(), self.logged.len())
+    }
+
+    /// Folds one poll's items (taken at `now`) into the state; returns the updates to
+    /// publish. Unmappable items are logged once while they stay in the list.
+    pub fn apply(
+        &mut self,
+        mapper: &super::map::Mapper,
+        items: &[serde_json::Value],
+        now: DateTime<Utc>,
+    ) -> Vec<CallUpdate> {
+        let mut seen: HashMap<String, CallRecord> = HashMap::new();
+        let mut skipped: HashSet<String> = HashSet::new();
+        for item in items {
+            let mapped =
+                crate::sync::engine::check_item(item).and_then(|()| mapper.active(item, now));
+            match mapped {
+                Ok(r) => {
+                    seen.insert(r.call_id.clone(), r);
+                }
+                Err(reason) => {
+                    let key = skip_key(item, &reason);
+                    if !self.logged.contains(&key) {
+                        tracing::warn!(
+                            "Kavkom active call skipped ({reason}): {}",
+                            crate::sync::engine::preview(item)
+                        );
+                    }
+                    skipped.insert(key);
+                }
+            }
+        }
+        self.logged = skipped;
+        diff(&mut self.live, seen, now)
     }
 }
 
@@ -36,25 +97,7 @@ impl ActiveState {
 /// Errors: the client's; the live set is left as it was.
 pub async fn poll_once(k: &Kavkom, st: &mut ActiveState) -> Result<Vec<CallUpdate>, KavkomError> {
     let items = k.client.active_calls().await?;
-    let now = Utc::now();
-    let mut seen: HashMap<String, CallRecord> = HashMap::new();
-    for item in &items {
-        match k.mapper.active(item, now) {
-            Ok(r) => {
-                seen.insert(r.call_id.clone(), r);
-            }
-            Err(reason) => {
-                let text = item.to_string();
-                if st.logged.insert(text.clone()) {
-                    tracing::warn!(
-                        "Kavkom active call skipped ({reason}): {}",
-                        super::client::preview(text.as_bytes())
-                    );
-                }
-            }
-        }
-    }
-    let updates = diff(&mut st.live, seen, now);
+    let updates = st.apply(&k.mapper, &items, Utc::now());
     for u in &updates {
         k.hub.publish_call(u);
     }
@@ -123,32 +166,19 @@ fn diff(
     out
 }
 
-/// Polls until `cancel`, every `every`. Failures are logged once when they start (then at
-/// debug level) and once when polling recovers. `st` is borrowed, so that a restarted poller
+/// Polls until `cancel`, every `every`, on the one scheduler (failures back off up to a
+/// minute and are logged once per streak). `st` is borrowed, so that a restarted poller
 /// (see `crate::supervisor`) still ends the calls the last one saw live.
 pub async fn run(k: Arc<Kavkom>, every: Duration, st: &mut ActiveState, cancel: CancellationToken) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = poll_once(&k, st) => match r {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("Kavkom active calls: polling works again");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!("Kavkom active calls poll failed: {e}; retrying every {} s", every.as_secs());
-                }
-                Err(e) => tracing::debug!("Kavkom active calls poll still failing: {e}"),
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
+    let st = tokio::sync::Mutex::new(st);
+    let (k, st) = (&k, &st);
+    schedule::run(
+        "Kavkom active calls poll",
+        Schedule::poll(every),
+        cancel,
+        || async move { poll_once(k, *st.lock().await).await.map(|_| ()) },
+    )
+    .await
 }
 
 /// The record published when a live call disappears from the list.

@@ -1,7 +1,11 @@
 //! Kavkom REST client (`https://api.kavkom.com/api/pbx/v1/...`): every request carries
 //! `X-API-TOKEN` and `Accept: application/json`, waits its turn under `KAVKOM_MAX_RPS`
-//! (a `governor` rate limiter shared by every task), and is retried with exponential
-//! backoff (`backon`) on timeouts, transport errors, 5xx and 429 (sleeping `Retry-After`).
+//! (a `governor` rate limiter shared by every task). Idempotent requests (every GET) are
+//! retried with the project's one retry policy ([`crate::retry::exponential`]) on timeouts,
+//! transport errors, 5xx and 429 (sleeping `Retry-After`); a request that is not
+//! idempotent and may have reached Kavkom (click-to-call's POST) is sent once, never
+//! retried: a timeout is reported as such ([`KavkomError::Timeout`]), since the call may
+//! have been placed.
 //!
 //! Replies are read leniently: the envelope `{"success": true, "data": ...}` is expected,
 //! `{"error": true, "message"}` and `{"success": false, "message"}` are API errors, and
@@ -164,6 +168,15 @@ pub struct Audio {
     pub content_type: Option<String>,
 }
 
+/// What Kavkom answered to a click-to-call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// Kavkom's message (at most 200 characters).
+    pub message: String,
+    /// Kavkom's reference for the call, when its reply has one.
+    pub reference: Option<String>,
+}
+
 /// One failed attempt, with the delay the server asked for.
 struct Attempt {
     error: KavkomError,
@@ -316,7 +329,8 @@ impl KavkomClient {
         Err(Attempt { error, retry_after })
     }
 
-    /// Sends with retries (see the module doc); Ok only for a 2xx reply.
+    /// Sends, with retries when `idempotent` (see the module doc); Ok only for a 2xx reply.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         method: Method,
@@ -325,7 +339,14 @@ impl KavkomClient {
         query: &[(&str, String)],
         body: Option<&Value>,
         with_token: bool,
+        idempotent: bool,
     ) -> Result<reqwest::Response, KavkomError> {
+        if !idempotent {
+            return self
+                .attempt(&method, url, path, query, body, with_token)
+                .await
+                .map_err(|a| a.error);
+        }
         let backoff = crate::retry::exponential(self.options.backoff_min, self.options.backoff_max)
             .with_max_times(self.options.retries);
         let max_wait = self.options.max_retry_after;
@@ -356,6 +377,7 @@ impl KavkomClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, KavkomError> {
+        let idempotent = method == Method::GET;
         let domain = self.domain()?.to_string();
         let mut q: Vec<(&str, String)> = Vec::with_capacity(query.len() + 1);
         let mut body = body.cloned();
@@ -368,7 +390,7 @@ impl KavkomClient {
         q.extend(query.iter().cloned());
         let url = format!("{}{}", self.base, path);
         let resp = self
-            .send(method, &url, path, &q, body.as_ref(), true)
+            .send(method, &url, path, &q, body.as_ref(), true, idempotent)
             .await?;
         let bytes = resp.bytes().await.map_err(|e| KavkomError::BadReply {
             path: path.into(),
@@ -417,15 +439,39 @@ impl KavkomClient {
     }
 
     /// `POST /api/pbx/v1/active_call/call` `{"domain_uuid", "src", "destination"}`: rings
-    /// extension `src`, then dials `destination`. Returns Kavkom's message.
-    pub async fn click_to_call(&self, src: &str, destination: &str) -> Result<String, KavkomError> {
+    /// extension `src`, then dials `destination`. Sent once, never retried (not
+    /// idempotent): on [`KavkomError::Timeout`] the call may have been placed.
+    /// Returns Kavkom's message and its reference for the call when the reply has one
+    /// (`data.uuid`, `data.call_uuid`, `data.id`, `uuid`, ...).
+    pub async fn click_to_call(&self, src: &str, destination: &str) -> Result<Placed, KavkomError> {
         let path = "/api/pbx/v1/active_call/call";
         let body = serde_json::json!({ "src": src, "destination": destination });
         let v = self.call(Method::POST, path, &[], Some(&body)).await?;
-        Ok(v.get("message")
+        let reference = [
+            "/data/uuid",
+            "/data/call_uuid",
+            "/data/callId",
+            "/data/call_id",
+            "/data/id",
+            "/data/request_uuid",
+            "/uuid",
+            "/call_uuid",
+            "/request_uuid",
+        ]
+        .iter()
+        .find_map(|p| match v.pointer(p) {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => {
+                Some(s.trim().to_string())
+            }
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+        let message = v
+            .get("message")
             .and_then(Value::as_str)
-            .unwrap_or("call placed")
-            .to_string())
+            .map(|m| m.chars().take(200).collect())
+            .unwrap_or_else(|| "call placed".to_string());
+        Ok(Placed { message, reference })
     }
 
     /// `GET /api/pbx/v1/cdr/get_file_link?uuid&domain_uuid` → `data.fileLink`: a URL to the
@@ -460,6 +506,7 @@ impl KavkomClient {
                 &[("file", file.to_string())],
                 None,
                 true,
+                true,
             )
             .await?;
         read_audio(path, resp).await
@@ -476,7 +523,7 @@ impl KavkomClient {
         let same_host = url.starts_with(&format!("{}/", self.base));
         let path = "recording link";
         let resp = self
-            .send(Method::GET, &url, path, &[], None, same_host)
+            .send(Method::GET, &url, path, &[], None, same_host, true)
             .await?;
         read_audio(path, resp).await
     }

@@ -171,9 +171,8 @@ impl Mapper {
                 local
                     .earliest()
                     .or_else(|| {
-                        self.tz
-                            .from_local_datetime(&(naive + Duration::hours(1)))
-                            .earliest()
+                        let later = naive.checked_add_signed(Duration::hours(1))?;
+                        self.tz.from_local_datetime(&later).earliest()
                     })
                     .map(|t| t.with_timezone(&Utc))
             }
@@ -196,11 +195,16 @@ impl Mapper {
         let to = text(item, TO);
         let direction = self.direction(item, from.as_deref(), to.as_deref());
         let mut r = CallRecord::new(Source::Kavkom, &id, direction, start);
-        r.duration = int(item, DURATION).unwrap_or(0).max(0);
-        r.billsec = int(item, BILLSEC).unwrap_or(0).max(0);
-        r.end_time = first(item, END)
-            .and_then(|v| self.parse_time(v))
-            .or(Some(start + Duration::seconds(r.duration)));
+        r.duration = secs(item, DURATION, "duration")?;
+        r.billsec = secs(item, BILLSEC, "billsec")?;
+        r.end_time = match first(item, END).and_then(|v| self.parse_time(v)) {
+            Some(end) => Some(end),
+            None => Some(
+                Duration::try_seconds(r.duration)
+                    .and_then(|d| start.checked_add_signed(d))
+                    .ok_or("end time out of range")?,
+            ),
+        };
         if r.duration == 0
             && let Some(end) = r.end_time
         {
@@ -208,7 +212,9 @@ impl Mapper {
         }
         r.answer_time = first(item, ANSWER).and_then(|v| self.parse_time(v));
         if r.answer_time.is_none() && r.billsec > 0 {
-            r.answer_time = r.end_time.map(|e| e - Duration::seconds(r.billsec));
+            r.answer_time = r
+                .end_time
+                .and_then(|e| e.checked_sub_signed(Duration::try_seconds(r.billsec)?));
         }
         let result = text(item, RESULT).map(|s| s.to_ascii_lowercase());
         let (status, voicemail) = match result.as_deref().map(str::trim) {
@@ -349,15 +355,26 @@ fn text(item: &Value, keys: &[&str]) -> Option<String> {
         })
 }
 
-/// A whole number (JSON number or numeric text; decimals are truncated).
-fn int(item: &Value, keys: &[&str]) -> Option<i64> {
-    keys.iter()
-        .filter_map(|k| item.get(*k))
-        .find_map(|v| match v {
-            Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-            Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f as i64),
-            _ => None,
-        })
+/// Seconds under one of `keys` (absent or null: 0): a number or numeric text within
+/// 0..=`MAX_CALL_SECS`. Err: a value of the wrong type or out of range (the row is skipped).
+fn secs(item: &Value, keys: &[&str], name: &str) -> Result<i64, String> {
+    let Some(v) = first(item, keys) else {
+        return Ok(0);
+    };
+    let n = match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f as i64),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{name} {} is not a number", preview_value(v)))?;
+    if !(0..=crate::sync::engine::MAX_CALL_SECS).contains(&n) {
+        return Err(format!("{name} {n} s out of range"));
+    }
+    Ok(n)
+}
+
+fn preview_value(v: &Value) -> String {
+    crate::sync::engine::preview(v)
 }
 
 #[cfg(test)]
@@ -458,5 +475,54 @@ mod tests {
         assert_eq!(m.format_filter(t, false), "2025-10-25 12:00");
         assert_eq!(m.format_filter(t, true), "2025-10-25 12:01");
         assert!(Mapper::new("Mars/Olympus", Regex::new(".").unwrap()).is_err());
+    }
+
+    const KEYS: &[&str] = &[
+        "uuid",
+        "id",
+        "call_uuid",
+        "start_stamp",
+        "start_epoch",
+        "start_time",
+        "answer_stamp",
+        "answer_epoch",
+        "end_stamp",
+        "end_epoch",
+        "duration",
+        "billsec",
+        "direction",
+        "caller_id_number",
+        "destination_number",
+        "extension",
+        "call_result",
+        "file",
+        "hangup_cause",
+        "state",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No item makes a mapper panic; what maps is then checked by the engine (which
+        /// never panics either).
+        #[test]
+        fn kavkom_mappers_never_panic(
+            item in proptest::prop_oneof![
+                crate::sync::engine::arb::item(KEYS),
+                crate::sync::engine::arb::json_value(),
+            ]
+        ) {
+            let m = mapper();
+            let now = Utc::now();
+            if let Ok(r) = m.cdr(&item) {
+                let _ = crate::sync::engine::check_record(&r, now);
+            }
+            if let Ok(r) = m.active(&item, now) {
+                let _ = crate::sync::engine::check_record(&r, now);
+            }
+            let mut st = super::super::active::ActiveState::default();
+            let _ = st.apply(&m, std::slice::from_ref(&item), now);
+            let _ = st.apply(&m, &[], now);
+        }
     }
 }

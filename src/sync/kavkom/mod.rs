@@ -2,9 +2,11 @@
 //! (`source = kavkom`, `callId` = CDR uuid), recordings on demand, active calls into the
 //! live hub, click-to-call.
 //!
-//! Parts: [`client`] (REST client: token, rate limit, retries), [`map`] (lenient item →
-//! `CallRecord`), [`sync`] (paged history sync with watermark), [`active`] (active-call
-//! poller), [`store`] (its SQL). The `/kavkom/...` routes are in `http::kavkom`.
+//! Parts: [`client`] (REST client: token, rate limit, retries of idempotent requests only),
+//! [`map`] (lenient item → `CallRecord`), [`sync`] (paged history sync on the sync engine,
+//! [`crate::sync::engine`]), [`active`] (active-call poller). Both loops run on the one
+//! scheduler ([`crate::sync::schedule`]), as Kerio's do. The `/kavkom/...` routes are in
+//! `http::kavkom`.
 //!
 //! On when `KAVKOM_API_TOKEN` is set. Without `KAVKOM_DOMAIN_UUID` the adapter stays up
 //! but idle: its routes and the CLI answer with [`client::DOMAIN_HINT`], which says where to
@@ -13,7 +15,6 @@
 pub mod active;
 pub mod client;
 pub mod map;
-pub mod store;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use crate::live::Hub;
 use crate::supervisor::{Attempt, Supervisor, TaskSpec};
 use crate::sync::SyncReport;
 use crate::sync::recording;
+use crate::sync::schedule::{self, Schedule};
 
 /// The running adapter (shared by its tasks and HTTP routes).
 #[derive(Debug)]
@@ -44,6 +46,7 @@ pub struct Kavkom {
     settings: Arc<Settings>,
     sync_options: SyncOptions,
     sync_lock: tokio::sync::Mutex<()>,
+    fetches: recording::Fetches,
 }
 
 impl Kavkom {
@@ -93,6 +96,7 @@ impl Kavkom {
             settings,
             sync_options,
             sync_lock: tokio::sync::Mutex::new(()),
+            fetches: recording::Fetches::default(),
         })
     }
 
@@ -122,20 +126,24 @@ impl Kavkom {
 
     /// The recording of CDR `call_id` as a local file and its content type: from the cache
     /// (`RECORDINGS_DIR`, else the temp dir), else downloaded (`cdr/download?file=` with the
-    /// CDR's `file`, else `cdr/get_file_link`) and cached.
+    /// CDR's `file`, else `cdr/get_file_link`) and cached (cache kept under
+    /// `RECORDINGS_MAX_MB`). One download per call at a time: concurrent requests wait for
+    /// it and share its file.
     ///
     /// Errors: [`KavkomError::NotFound`] when Kavkom has no recording; the client's errors.
     pub async fn recording(&self, call_id: &str) -> Result<(PathBuf, &'static str), KavkomError> {
         self.client.domain()?;
         let dir = recording::cache_dir(self.settings.core.recordings_dir.as_deref());
-        for ext in ["mp3", "wav", "ogg"] {
-            let path = dir.join(recording::safe_file_name("kavkom", call_id, ext));
-            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                return Ok((
-                    path.clone(),
-                    recording::content_type_for(&path.to_string_lossy()),
-                ));
-            }
+        let cached = |p: PathBuf| {
+            let ct = recording::content_type_for(&p.to_string_lossy());
+            (p, ct)
+        };
+        if let Some(p) = recording::find_cached(&dir, "kavkom", call_id).await {
+            return Ok(cached(p));
+        }
+        let _turn = self.fetches.lock(call_id).await;
+        if let Some(p) = recording::find_cached(&dir, "kavkom", call_id).await {
+            return Ok(cached(p));
         }
         let rec = crate::calls::store::get_by_call_id(&self.db, Source::Kavkom, call_id).await?;
         let file = rec.and_then(|r| r.recording_path);
@@ -152,7 +160,12 @@ impl Kavkom {
         };
         let ext = extension_of(&name, audio.content_type.as_deref());
         let path = dir.join(recording::safe_file_name("kavkom", call_id, ext));
-        recording::store(&path, &audio.bytes).await?;
+        let max = self
+            .settings
+            .core
+            .recordings_max_mb
+            .saturating_mul(1024 * 1024);
+        recording::store(&path, &audio.bytes, max).await?;
         tracing::info!(
             "Kavkom recording of call {call_id} cached ({} bytes) at {}",
             audio.bytes.len(),
@@ -235,7 +248,8 @@ pub fn spawn(
         s.kavkom_timezone
     );
     if s.kavkom_sync_interval > 0 {
-        let (kavkom, every) = (k.clone(), Duration::from_secs(s.kavkom_sync_interval * 60));
+        let every = Duration::from_secs(s.kavkom_sync_interval.saturating_mul(60));
+        let kavkom = k.clone();
         supervisor.register(TaskSpec::new("kavkom-history"), move |a: Attempt| {
             sync_loop(kavkom.clone(), every, a.cancel)
         });
@@ -251,27 +265,17 @@ pub fn spawn(
     Some(k)
 }
 
-/// Syncs now, then every `every`, until `cancel` (a sync under way is dropped: what it
-/// committed stays, and the next run resumes from the watermark).
+/// Syncs now, then every `every` (with jitter) on the one scheduler, until `cancel` (a sync
+/// under way is dropped: what it committed stays, and the next run resumes from the
+/// watermark). After a failure the next try comes after 30 s, doubling up to `every`.
 async fn sync_loop(k: Arc<Kavkom>, every: Duration, cancel: CancellationToken) {
     let req = SyncRequest::default();
-    loop {
-        let mut quiet = |_: &sync::Progress| {};
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = k.sync(&req, &mut quiet) => {
-                let next = chrono::Local::now() + chrono::Duration::from_std(every).unwrap_or_default();
-                match r {
-                    Ok(_) => tracing::info!("Kavkom next sync at {}", next.format("%H:%M")),
-                    Err(e) => tracing::warn!("Kavkom sync failed: {e}; next run at {}", next.format("%H:%M")),
-                }
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
+    let schedule = Schedule::sync(every, Duration::from_secs(30));
+    let (k, req) = (&k, &req);
+    schedule::run("Kavkom history sync", schedule, cancel, || async move {
+        k.sync(req, &mut |_| {}).await.map(|_| ())
+    })
+    .await
 }
 
 /// `pbxbridge sync kavkom --from --to [--extension]`: one sync, with a progress bar. Returns the exit code.
@@ -343,10 +347,7 @@ pub async fn cli_sync(
     bar.finish_and_clear();
     match result {
         Ok(r) => {
-            println!(
-                "Kavkom sync: {} fetched, {} new, {} updated, {} skipped in {} ms",
-                r.fetched, r.inserted, r.updated, r.skipped, r.ms
-            );
+            println!("Kavkom sync: {r}");
             Ok(0)
         }
         Err(e) => {

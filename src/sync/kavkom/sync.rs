@@ -10,24 +10,24 @@
 //! the page size and paging goes on with that size. A page that only repeats rows already
 //! seen ends the chunk (an API ignoring `page` cannot loop the sync).
 //!
-//! Each page is written in one transaction; only then the watermark may move: after each
-//! page when Kavkom lists the calls oldest first (so every older call is committed), else
-//! after the chunk's last page. It never moves back, and a sync filtered on one extension
-//! leaves it alone. A sync stopped halfway therefore resumes without loss, and the upsert on
-//! (`source`, CDR `uuid`) means no doubles.
+//! Rows go through the sync engine ([`crate::sync::engine::Run`]): each is checked, each page
+//! is written in one transaction, counts are true. Only then the watermark may move: after
+//! each page when Kavkom lists the calls oldest first (so every older call is committed),
+//! else after the chunk's last page. It never moves back, and a range sync (a start, an end
+//! or an extension given: [`crate::sync::Scope::Range`]) leaves it alone. A sync stopped
+//! halfway therefore resumes without loss, and the upsert on (`source`, CDR `uuid`) means no
+//! doubles.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
+use super::Kavkom;
 use super::client::KavkomError;
-use super::{Kavkom, store};
-use crate::calls::CallRecord;
-use crate::calls::store as calls_store;
-use crate::db::watermark as state;
+use crate::calls::Source;
 use crate::sync::SyncReport;
+use crate::sync::engine::{self, Scope};
 
 /// Rows asked per page (the API's maximum is unknown; fewer rows are coped with).
 pub const PAGE_SIZE: u32 = 100;
@@ -112,18 +112,23 @@ pub async fn run(
     req: &SyncRequest,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<SyncReport, KavkomError> {
-    let started = Instant::now();
     k.client.domain()?;
     let opts = &k.sync_options;
     let now = Utc::now();
-    let watermark = state::get_watermark(&k.db, WATERMARK).await?;
+    let scope = Scope::of(
+        req.from.is_some(),
+        req.to.is_some(),
+        req.extension.is_some(),
+    );
+    let mut run = engine::Run::start(&k.db, Source::Kavkom, WATERMARK, scope).await?;
     let from = req.from.unwrap_or_else(|| {
-        watermark
-            .map(|w| w - opts.overlap)
-            .unwrap_or(now - opts.first_lookback)
+        let back = match run.watermark() {
+            Some(w) => w.checked_sub_signed(opts.overlap),
+            None => now.checked_sub_signed(opts.first_lookback),
+        };
+        back.unwrap_or(now)
     });
     let to = req.to.unwrap_or(now);
-    let track = req.extension.is_none();
     let chunks = split(from, to, opts.chunk);
     tracing::info!(
         "Kavkom sync started: {} → {} ({} local){}",
@@ -140,8 +145,6 @@ pub async fn run(
         chunks: chunks.len() as u64,
         ..Progress::default()
     };
-    let mut mark = watermark;
-    let mut logged: HashSet<String> = HashSet::new();
     for (a, b) in chunks {
         let mut filters = vec![
             ("filter[start_date]", k.mapper.format_filter(a, false)),
@@ -162,7 +165,7 @@ pub async fn run(
         for page in 1..=MAX_PAGES {
             let items = k.client.cdr_page(page, PAGE_SIZE, &filters).await?;
             let n = items.len();
-            p.pages += 1;
+            p.pages = p.pages.saturating_add(1);
             let fresh = items.iter().filter(|i| seen.insert(item_hash(i))).count();
             if page > 1 && n > 0 && fresh == 0 {
                 tracing::warn!(
@@ -176,23 +179,21 @@ pub async fn run(
                 );
             }
             probing = false;
-            p.report.fetched += n as u64;
-            let records = map_page(k, &items, &mut p.report, &mut logged);
-            for r in &records {
-                order.observe(r.start_time);
-                newest = newest.max(Some(r.start_time));
+            let mut records = Vec::with_capacity(n);
+            for item in &items {
+                if let Some(r) = run.check(item, |i| k.mapper.cdr(i)) {
+                    order.observe(r.start_time);
+                    newest = newest.max(Some(r.start_time));
+                    records.push(r);
+                }
             }
-            let skipped_before = p.report.skipped;
-            write_page(k, records, &mut p.report).await?;
-            crate::sync::observe::page(
-                "kavkom",
-                page as u64,
-                n as u64,
-                p.report.skipped.saturating_sub(skipped_before),
-            );
-            if track && order.ascending() {
-                mark = advance(k, mark, newest).await?;
+            run.write(records).await?;
+            if order.ascending()
+                && let Some(t) = newest
+            {
+                run.advance(t).await?;
             }
+            p.report = run.report().clone();
             progress(&p);
             if n < page_size {
                 if page == 1 && n > 0 {
@@ -207,24 +208,15 @@ pub async fn run(
                 tracing::warn!("Kavkom sync: stopped after {MAX_PAGES} full pages in one range");
             }
         }
-        if track {
-            mark = advance(k, mark, newest).await?;
+        if let Some(t) = newest {
+            run.advance(t).await?;
         }
-        p.chunks_done += 1;
+        p.chunks_done = p.chunks_done.saturating_add(1);
         progress(&p);
     }
-    p.report.ms = started.elapsed().as_millis() as u64;
-    let r = &p.report;
-    tracing::info!(
-        "Kavkom sync done: {} fetched / {} new / {} updated / {} skipped in {} ms ({} pages)",
-        r.fetched,
-        r.inserted,
-        r.updated,
-        r.skipped,
-        r.ms,
-        p.pages
-    );
-    Ok(p.report)
+    let report = run.finish();
+    tracing::info!("Kavkom sync done: {report} ({} pages)", p.pages);
+    Ok(report)
 }
 
 fn item_hash(item: &Value) -> u64 {
@@ -246,90 +238,11 @@ fn split(
     let mut out = Vec::new();
     let mut a = from;
     while a < to {
-        let b = (a + chunk).min(to);
+        let b = a.checked_add_signed(chunk).unwrap_or(to).min(to);
         out.push((a, b));
         a = b;
     }
     out
-}
-
-/// Maps a page, in Kavkom's order (a uuid seen twice keeps its last item); unmappable
-/// items are counted and logged once per sync.
-fn map_page(
-    k: &Kavkom,
-    items: &[Value],
-    report: &mut SyncReport,
-    logged: &mut HashSet<String>,
-) -> Vec<CallRecord> {
-    let mut out: Vec<CallRecord> = Vec::with_capacity(items.len());
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for item in items {
-        match k.mapper.cdr(item) {
-            Ok(r) => match index.get(&r.call_id) {
-                Some(&i) => out[i] = r,
-                None => {
-                    index.insert(r.call_id.clone(), out.len());
-                    out.push(r);
-                }
-            },
-            Err(reason) => {
-                report.skipped += 1;
-                crate::sync::observe::error("kavkom");
-                let text = item.to_string();
-                if logged.insert(text.clone()) {
-                    tracing::warn!(
-                        "Kavkom CDR item skipped ({reason}): {}",
-                        super::client::preview(text.as_bytes())
-                    );
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Writes the new and changed records of a page in one transaction and counts them.
-async fn write_page(
-    k: &Kavkom,
-    records: Vec<CallRecord>,
-    report: &mut SyncReport,
-) -> Result<(), KavkomError> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&str> = records.iter().map(|r| r.call_id.as_str()).collect();
-    let stored = store::stored_raw(&k.db, &ids).await?;
-    let mut changed = Vec::with_capacity(records.len());
-    for r in records {
-        match stored.get(&r.call_id) {
-            None => {
-                report.inserted += 1;
-                changed.push(r);
-            }
-            Some(raw) if Some(raw) == r.raw.as_ref() => {}
-            Some(_) => {
-                report.updated += 1;
-                changed.push(r);
-            }
-        }
-    }
-    calls_store::upsert_many(&k.db, &changed).await?;
-    Ok(())
-}
-
-/// Stores `newest` as the watermark when it is later than `mark`; returns the watermark.
-async fn advance(
-    k: &Kavkom,
-    mark: Option<DateTime<Utc>>,
-    newest: Option<DateTime<Utc>>,
-) -> Result<Option<DateTime<Utc>>, KavkomError> {
-    match newest {
-        Some(n) if mark.is_none_or(|m| n > m) => {
-            state::set_watermark(&k.db, WATERMARK, n).await?;
-            Ok(Some(n))
-        }
-        _ => Ok(mark),
-    }
 }
 
 #[cfg(test)]

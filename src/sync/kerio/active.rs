@@ -20,6 +20,7 @@ use super::map::{self, LiveCall};
 use crate::calls::tracker::{AgentMatcher, CallChange, CallUpdate};
 use crate::calls::{CallRecord, CallState, CallStatus, Source};
 use crate::live::Hub;
+use crate::sync::schedule::{self, Schedule};
 
 #[derive(Debug)]
 struct Tracked {
@@ -67,7 +68,7 @@ impl ActiveCalls {
             .map(Some)
             .collect();
         for call in snapshot {
-            let start = now - chrono::Duration::seconds(call.call_secs);
+            let start = secs_before(now, call.call_secs);
             let status = map::live_status(call.status);
             let found = previous
                 .iter()
@@ -99,7 +100,7 @@ impl ActiveCalls {
                     let mut change = CallChange::Created;
                     if status.state == CallState::Connected {
                         rec.state = CallState::Connected;
-                        rec.answer_time = Some(now - chrono::Duration::seconds(call.answered_secs));
+                        rec.answer_time = Some(secs_before(now, call.answered_secs));
                         change = CallChange::Answered;
                     }
                     rec.voicemail = status.voicemail;
@@ -138,7 +139,7 @@ impl ActiveCalls {
             let mut change = None;
             if status.state == CallState::Connected && rec.answer_time.is_none() {
                 rec.state = CallState::Connected;
-                rec.answer_time = Some(now - chrono::Duration::seconds(call.answered_secs));
+                rec.answer_time = Some(secs_before(now, call.answered_secs));
                 change = Some(CallChange::Answered);
             }
             if status.voicemail != rec.voicemail {
@@ -163,6 +164,13 @@ impl ActiveCalls {
         }
         updates
     }
+}
+
+/// `now` less `secs` seconds (`now` itself when that is out of range).
+fn secs_before(now: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    chrono::Duration::try_seconds(secs)
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(now)
 }
 
 fn end(rec: &mut CallRecord, now: DateTime<Utc>, status: Option<CallStatus>) {
@@ -241,47 +249,26 @@ impl Kerio {
         )
     }
 
-    /// Polls active calls every `poll_interval` until `cancel`, publishing changes on `hub`.
-    /// Failures are logged once per streak and retried with a growing delay (up to 60 s).
-    /// `calls` is borrowed, so that a restarted poller (see `crate::supervisor`) still ends
-    /// the calls the last one saw live.
+    /// Polls active calls every `poll_interval` until `cancel` on the one scheduler,
+    /// publishing changes on `hub`. Failures back off (up to 60 s) and are logged once per
+    /// streak. `calls` is borrowed, so that a restarted poller (see `crate::supervisor`)
+    /// still ends the calls the last one saw live.
     pub async fn run_active(&self, hub: Hub, calls: &mut ActiveCalls, cancel: CancellationToken) {
-        let interval = self.options.poll_interval;
-        let mut failures: u32 = 0;
-        loop {
-            let delay = match self.active_calls().await {
-                Ok(snapshot) => {
-                    if failures > 0 {
-                        tracing::info!(
-                            "Kerio active calls: polling again after {failures} failures"
-                        );
-                    }
-                    failures = 0;
-                    for update in calls.apply(Utc::now(), &snapshot) {
-                        hub.publish_call(&update);
-                    }
-                    interval
-                }
-                Err(e) => {
-                    failures += 1;
-                    let delay = (interval * 2u32.saturating_pow(failures.min(6)))
-                        .min(Duration::from_secs(60));
-                    if failures == 1 {
-                        tracing::warn!(
-                            "Kerio active calls poll failed: {e}; retrying in {} ms",
-                            delay.as_millis()
-                        );
-                    } else {
-                        tracing::debug!("Kerio active calls poll failed again ({failures}): {e}");
-                    }
-                    delay
-                }
+        let calls = std::sync::Mutex::new(calls);
+        let (calls, hub) = (&calls, &hub);
+        let schedule = Schedule::poll(self.options.poll_interval);
+        schedule::run("Kerio active calls poll", schedule, cancel, || async move {
+            let snapshot = self.active_calls().await?;
+            let updates = {
+                let mut calls = calls.lock().unwrap_or_else(|p| p.into_inner());
+                calls.apply(Utc::now(), &snapshot)
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            for update in updates {
+                hub.publish_call(&update);
             }
-        }
+            Ok::<(), KerioError>(())
+        })
+        .await
     }
 }
 

@@ -5,13 +5,14 @@
 //! (`SESSION_OPERATOR_WEBADMIN`, `TOKEN_OPERATOR_WEBADMIN`, kept by reqwest's cookie store).
 //! A reply with error code -32001 (session expired or not logged in) makes the client log in
 //! again and retry the call once. Transport failures, timeouts and HTTP 5xx are retried with
-//! exponential backoff ([`ClientOptions`]). TLS verification is on unless
+//! the project's one retry policy ([`crate::retry::exponential`], [`ClientOptions`]); every
+//! method called is idempotent. TLS verification is on unless
 //! `KERIO_TLS_INSECURE=true`; `KERIO_CA_FILE` adds a trusted CA.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::BackoffBuilder;
+use backon::Retryable;
 use reqwest::Url;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -359,32 +360,28 @@ impl KerioClient {
         Ok(token.clone().expect("logged in"))
     }
 
+    /// Sends with the project's one retry policy ([`crate::retry::exponential`]) on
+    /// transient failures ([`KerioError::is_transient`]). Every JSON-RPC method this adapter
+    /// calls is idempotent (reads, `Session.login`).
     async fn send_with_retry(
         &self,
         method: &str,
         params: &Value,
         token: Option<&Secret>,
     ) -> Result<Value, KerioError> {
-        let mut delays =
-            crate::retry::exponential(self.options.backoff_min, self.options.backoff_max)
-                .with_max_times(self.options.attempts.saturating_sub(1))
-                .build();
-        loop {
-            match self.send_once(method, params, token).await {
-                Err(e) if e.is_transient() => match delays.next() {
-                    Some(d) => {
-                        tracing::warn!(
-                            method,
-                            "Kerio call failed, retrying in {} ms: {e}",
-                            d.as_millis()
-                        );
-                        tokio::time::sleep(d).await;
-                    }
-                    None => return Err(e),
-                },
-                other => return other,
-            }
-        }
+        let backoff = crate::retry::exponential(self.options.backoff_min, self.options.backoff_max)
+            .with_max_times(self.options.attempts.saturating_sub(1));
+        (|| self.send_once(method, params, token))
+            .retry(backoff)
+            .when(KerioError::is_transient)
+            .notify(|e: &KerioError, d| {
+                tracing::warn!(
+                    method,
+                    "Kerio call failed, retrying in {} ms: {e}",
+                    d.as_millis()
+                );
+            })
+            .await
     }
 
     async fn send_once(

@@ -86,24 +86,37 @@ pub fn history_status(status: Option<i64>, answered_secs: i64) -> (CallStatus, C
     (s, state, false)
 }
 
-/// The call id of a history item: its own id field when the appliance sends one (`ID`,
-/// `CALL_ID`, `id`), else a SHA-256 (first 32 hex digits) of
-/// `TIMESTAMP|FROM_NUM|TO_NUM|CALL_DURATION`.
+/// Fields of a history item that tell two calls apart, hashed into the call id when the
+/// appliance sends no id of its own (see [`history_call_id`]).
+pub const DISTINGUISHING_FIELDS: [&str; 8] = [
+    "TIMESTAMP",
+    "FROM_NUM",
+    "FROM_NAME",
+    "TO_NUM",
+    "TO_NAME",
+    "CALL_DURATION",
+    "ANSWERED_DURATION",
+    "STATUS",
+];
+
+/// The call id of a history item: the call's own `ID` (asked for in `CallHistory.get`;
+/// also `CALL_ID`, `id`, `callId`) when the appliance sends one; else `h-` and 32 hex digits
+/// of SHA-256 over every field of [`DISTINGUISHING_FIELDS`].
+///
+/// Limit of the fallback: two calls alike in all those fields (same second, same numbers
+/// and names, same lengths and outcome) get one id and are stored as one record.
 pub fn history_call_id(item: &Value) -> String {
     for f in ["ID", "CALL_ID", "id", "callId"] {
         if let Some(id) = text(item, f) {
             return id;
         }
     }
-    let key = format!(
-        "{}|{}|{}|{}",
-        text(item, "TIMESTAMP").unwrap_or_default(),
-        text(item, "FROM_NUM").unwrap_or_default(),
-        text(item, "TO_NUM").unwrap_or_default(),
-        text(item, "CALL_DURATION").unwrap_or_default()
-    );
-    let digest = Sha256::digest(key.as_bytes());
-    hex::encode(&digest[..16])
+    let key: Vec<String> = DISTINGUISHING_FIELDS
+        .iter()
+        .map(|f| text(item, f).unwrap_or_default())
+        .collect();
+    let digest = Sha256::digest(key.join("\u{1f}").as_bytes());
+    format!("h-{}", hex::encode(&digest[..16]))
 }
 
 /// Direction and agent extension from the two numbers: a local extension calling out is
@@ -141,15 +154,27 @@ pub fn history_record(agents: &AgentMatcher, item: &Value) -> Result<CallRecord,
         Some(v) => time(item, "TIMESTAMP")
             .ok_or_else(|| field_err("TIMESTAMP", format!("not a time: {v}")))?,
     };
-    let billsec = int(item, "ANSWERED_DURATION").unwrap_or(0).max(0);
-    let duration = int(item, "CALL_DURATION").unwrap_or(0).max(billsec);
+    let secs = |field: &'static str| -> Result<i64, MapError> {
+        match item.get(field) {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => match int(item, field) {
+                Some(n) if (0..=crate::sync::engine::MAX_CALL_SECS).contains(&n) => Ok(n),
+                Some(n) => Err(field_err(field, format!("{n} s out of range"))),
+                None => Err(field_err(field, format!("not a number: {v}"))),
+            },
+        }
+    };
+    let billsec = secs("ANSWERED_DURATION")?;
+    let duration = secs("CALL_DURATION")?.max(billsec);
     let from = text(item, "FROM_NUM");
     let to = text(item, "TO_NUM");
     let (dir, extension) = direction(agents, from.as_deref(), to.as_deref());
     let (status, state, voicemail) = history_status(int(item, "STATUS"), billsec);
 
     let mut rec = CallRecord::new(Source::Kerio, &history_call_id(item), dir, start);
-    let end = start + Duration::seconds(duration);
+    let end = Duration::try_seconds(duration)
+        .and_then(|d| start.checked_add_signed(d))
+        .ok_or_else(|| field_err("CALL_DURATION", "end time out of range"))?;
     rec.from_number = from;
     rec.to_number = to;
     rec.extension = extension;
@@ -160,7 +185,15 @@ pub fn history_record(agents: &AgentMatcher, item: &Value) -> Result<CallRecord,
     } else {
         0
     };
-    rec.answer_time = (status == CallStatus::Answered).then(|| end - Duration::seconds(billsec));
+    rec.answer_time = if status == CallStatus::Answered {
+        Some(
+            Duration::try_seconds(billsec)
+                .and_then(|d| end.checked_sub_signed(d))
+                .ok_or_else(|| field_err("ANSWERED_DURATION", "answer time out of range"))?,
+        )
+    } else {
+        None
+    };
     rec.status = Some(status);
     rec.state = state;
     rec.voicemail = voicemail;
@@ -254,8 +287,12 @@ pub fn live_call(item: &Value) -> Result<LiveCall, MapError> {
         from,
         to,
         status: int(item, "STATUS").unwrap_or(0),
-        call_secs: int(item, "CALL_DURATION").unwrap_or(0).max(0),
-        answered_secs: int(item, "ANSWERED_DURATION").unwrap_or(0).max(0),
+        call_secs: int(item, "CALL_DURATION")
+            .unwrap_or(0)
+            .clamp(0, crate::sync::engine::MAX_CALL_SECS),
+        answered_secs: int(item, "ANSWERED_DURATION")
+            .unwrap_or(0)
+            .clamp(0, crate::sync::engine::MAX_CALL_SECS),
         raw: item.clone(),
     })
 }
@@ -284,7 +321,9 @@ pub fn recording(item: &Value) -> Result<Recording, MapError> {
         name: text(item, "NAME"),
         extension: text(item, "EXTENSION"),
         caller_id: text(item, "CALLER_ID"),
-        duration: int(item, "DURATION").unwrap_or(0),
+        duration: int(item, "DURATION")
+            .unwrap_or(0)
+            .clamp(0, crate::sync::engine::MAX_CALL_SECS),
         started: time(item, "STARTED")
             .ok_or_else(|| field_err("STARTED", "missing or not a time"))?,
     })
@@ -315,18 +354,23 @@ pub fn match_recording<'a>(
                 .any(|n| numbers.contains(&n))
         })
         .filter(|r| {
-            (r.duration - call.billsec).abs() <= MATCH_DURATION_SECS
-                || (r.duration - call.duration).abs() <= MATCH_DURATION_SECS
+            r.duration.abs_diff(call.billsec) <= MATCH_DURATION_SECS.unsigned_abs()
+                || r.duration.abs_diff(call.duration) <= MATCH_DURATION_SECS.unsigned_abs()
         })
         .filter_map(|r| {
-            let off = |t: DateTime<Utc>| (r.started - t).num_seconds().abs();
+            let off = |t: DateTime<Utc>| {
+                r.started
+                    .signed_duration_since(t)
+                    .num_seconds()
+                    .unsigned_abs()
+            };
             let best = call
                 .answer_time
                 .map(off)
                 .into_iter()
                 .chain([off(call.start_time)])
                 .min()?;
-            (best <= MATCH_START_SECS).then_some((best, r))
+            (best <= MATCH_START_SECS.unsigned_abs()).then_some((best, r))
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, r)| r)
@@ -419,7 +463,7 @@ mod tests {
         assert_eq!((r.duration, r.billsec), (40, 30));
         assert_eq!(r.raw.as_ref().unwrap()["EXTRA"], "kept");
         assert_eq!(r.call_id, history_call_id(&item));
-        assert_eq!(r.call_id.len(), 32);
+        assert_eq!(r.call_id.len(), 34);
 
         let internal = json!({"TIMESTAMP": 1, "FROM_NUM": "101", "TO_NUM": "102", "STATUS": 3});
         assert_eq!(
@@ -475,5 +519,62 @@ mod tests {
             Some("good")
         );
         assert_eq!(match_recording(&call, &list[..3]), None);
+    }
+
+    const KEYS: &[&str] = &[
+        "ID",
+        "TIMESTAMP",
+        "FROM_NUM",
+        "FROM_NAME",
+        "TO_NUM",
+        "TO_NAME",
+        "CALL_DURATION",
+        "ANSWERED_DURATION",
+        "STATUS",
+        "FROM",
+        "TO",
+        "NUMBER",
+        "NAME",
+        "EXTENSION",
+        "CALLER_ID",
+        "DURATION",
+        "STARTED",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No item makes a mapper panic; what maps either passes the engine's checks or is
+        /// refused by them, never a panic either.
+        #[test]
+        fn kerio_mappers_never_panic(
+            item in proptest::prop_oneof![
+                crate::sync::engine::arb::item(KEYS),
+                crate::sync::engine::arb::json_value(),
+            ]
+        ) {
+            let now = Utc::now();
+            if let Ok(r) = history_record(&agents(), &item) {
+                let _ = crate::sync::engine::check_record(&r, now);
+                proptest::prop_assert!(r.duration >= r.billsec);
+            }
+            if let Ok(c) = live_call(&item) {
+                let mut a = super::super::active::ActiveCalls::new(
+                    agents(),
+                    std::time::Duration::from_secs(5),
+                );
+                let _ = a.apply(now, std::slice::from_ref(&c));
+                let _ = a.apply(now, &[]);
+            }
+            if let Ok(rec) = recording(&item) {
+                let call = history_record(
+                    &agents(),
+                    &json!({"TIMESTAMP": 1_700_000_000, "FROM_NUM": "101", "STATUS": 4,
+                        "CALL_DURATION": 40, "ANSWERED_DURATION": 30}),
+                )
+                .unwrap();
+                let _ = match_recording(&call, &[rec]);
+            }
+        }
     }
 }

@@ -7,6 +7,9 @@
 //! - `active`: the `Status.getCalls` poll.
 //! - `recordings`: matching, downloading and caching recordings.
 //!
+//! Rows go through the sync engine ([`crate::sync::engine`]) and the loops run on the one
+//! scheduler ([`crate::sync::schedule`]), as Kavkom's do.
+//!
 //! The `/kerio/...` routes are in `http::kerio`.
 //!
 //! The adapter is on when `KERIO_PBX_HOST` or `KERIO_API_URL` is set.
@@ -15,7 +18,6 @@ pub mod active;
 pub mod client;
 pub mod map;
 pub mod recordings;
-pub mod store;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::live::Hub;
 use crate::supervisor::{Attempt, Supervisor, TaskSpec};
+use crate::sync::schedule::{self, Schedule};
 
 /// Timing of the adapter. [`Options::from_settings`] reads the settings; tests shorten them.
 #[derive(Clone, Debug)]
@@ -75,6 +78,8 @@ pub struct Kerio {
     agents: AgentMatcher,
     options: Options,
     recordings_dir: PathBuf,
+    recordings_max_bytes: u64,
+    fetches: crate::sync::recording::Fetches,
     sync_lock: Mutex<()>,
 }
 
@@ -89,6 +94,8 @@ impl Kerio {
             recordings_dir: crate::sync::recording::cache_dir(
                 settings.core.recordings_dir.as_deref(),
             ),
+            recordings_max_bytes: settings.core.recordings_max_mb.saturating_mul(1024 * 1024),
+            fetches: crate::sync::recording::Fetches::default(),
             sync_lock: Mutex::new(()),
         })
     }
@@ -125,44 +132,18 @@ impl Kerio {
         });
     }
 
-    /// Scheduled history syncs until `cancel`: one at once, then every `sync_interval`;
-    /// after a failure the next try comes sooner (`sync_retry`, doubling).
+    /// Scheduled history syncs until `cancel` on the one scheduler: one at once, then every
+    /// `sync_interval` (with jitter); after a failure the next try comes sooner
+    /// (`sync_retry`, doubling up to `sync_interval`).
     pub async fn run_history(&self, cancel: CancellationToken) {
-        let mut failures: u32 = 0;
-        let scheduled = SyncRange::default();
-        loop {
+        let schedule = Schedule::sync(self.options.sync_interval, self.options.sync_retry);
+        schedule::run("Kerio history sync", schedule, cancel, || async move {
             tracing::info!(endpoint = %self.client.endpoint(), "Kerio history sync started");
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.sync_history(&scheduled, &|_, _| {}) => r,
-            };
-            let delay = match result {
-                Ok(r) => {
-                    failures = 0;
-                    tracing::info!(
-                        "Kerio history sync: {} fetched / {} new / {} updated / {} skipped in {} ms",
-                        r.fetched,
-                        r.inserted,
-                        r.updated,
-                        r.skipped,
-                        r.ms
-                    );
-                    self.options.sync_interval
-                }
-                Err(e) => {
-                    failures += 1;
-                    let d = (self.options.sync_retry * 2u32.saturating_pow(failures - 1).min(64))
-                        .min(self.options.sync_interval);
-                    tracing::warn!("Kerio history sync failed: {e}");
-                    d
-                }
-            };
-            tracing::info!("Kerio history sync: next run in {} s", delay.as_secs());
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+            let r = self.sync_history(&SyncRange::default(), &|_, _| {}).await?;
+            tracing::info!("Kerio history sync: {r}");
+            Ok::<(), KerioError>(())
+        })
+        .await
     }
 }
 
@@ -226,10 +207,7 @@ pub async fn cli_sync(
     kerio.client.logout().await;
     match result {
         Ok(r) => {
-            println!(
-                "Kerio sync: {} fetched, {} new, {} updated, {} skipped in {} ms",
-                r.fetched, r.inserted, r.updated, r.skipped, r.ms
-            );
+            println!("Kerio sync: {r}");
             Ok(0)
         }
         Err(e) => {

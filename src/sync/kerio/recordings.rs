@@ -1,7 +1,8 @@
 //! Recordings of Kerio calls: found with `Recordings.get` (newest first, down to the call's
 //! start), matched to the call by number, start and length (see `map::match_recording`),
-//! downloaded once with `Recordings.downloadAudioContent` into the recording cache, and the
-//! cache path kept in the call's `recording_path`.
+//! downloaded once with `Recordings.downloadAudioContent` into the recording cache (one
+//! download per call at a time: concurrent requests share it), and the cache path kept in
+//! the call's `recording_path`.
 
 use std::path::PathBuf;
 
@@ -33,26 +34,32 @@ impl Kerio {
             let ct = recording::content_type_for(&p.to_string_lossy());
             return Ok(Some((p, ct)));
         }
+        let _turn = self.fetches.lock(&call.call_id).await;
+        if let Some(p) = recording::find_cached(&self.recordings_dir, "kerio", &call.call_id).await
+        {
+            let ct = recording::content_type_for(&p.to_string_lossy());
+            return Ok(Some((p, ct)));
+        }
         let Some(found) = self.find_recording(call).await? else {
             return Ok(None);
         };
         let (fd, bytes) = self.client.download_recording(&found.id).await?;
         let name = found.name.clone().unwrap_or(fd.name);
-        let ext = name
-            .rsplit_once('.')
-            .map(|(_, e)| e)
-            .filter(|e| !e.is_empty())
-            .unwrap_or("mp3");
+        let ext = match recording::cache_ext(&name) {
+            "bin" => "mp3",
+            e => e,
+        };
         let path = self
             .recordings_dir
             .join(recording::safe_file_name("kerio", &call.call_id, ext));
-        recording::store(&path, &bytes).await?;
+        recording::store(&path, &bytes, self.recordings_max_bytes).await?;
         tracing::info!(call_id = %call.call_id, recording = %found.id, bytes = bytes.len(), "Kerio recording cached");
         let mut rec = call.clone();
         rec.recording_path = Some(path.to_string_lossy().into_owned());
         rec.updated_at = chrono::Utc::now();
         upsert_one(&self.db, &rec).await?;
-        Ok(Some((path.clone(), recording::content_type_for(&name))))
+        let ct = recording::content_type_for(&path.to_string_lossy());
+        Ok(Some((path, ct)))
     }
 
     /// Pages `Recordings.get` newest first until recordings start before the call; the best
@@ -61,7 +68,10 @@ impl Kerio {
         &self,
         call: &CallRecord,
     ) -> Result<Option<map::Recording>, KerioError> {
-        let floor = call.start_time - chrono::Duration::seconds(map::MATCH_START_SECS);
+        let floor = call
+            .start_time
+            .checked_sub_signed(chrono::Duration::seconds(map::MATCH_START_SECS))
+            .unwrap_or(call.start_time);
         let mut seen = Vec::new();
         for page in 0..MAX_PAGES {
             let params = json!({"query": {

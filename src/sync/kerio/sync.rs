@@ -9,9 +9,10 @@
 //! fetched twice beyond the overlap (upserts keep it free of doubles anyway).
 //!
 //! A range run (`startDate`/`endDate`/`extension`, from the API or the CLI) fetches just
-//! that range and leaves the watermark alone.
-
-use std::time::Instant;
+//! that range and leaves the watermark alone (the engine's rule, [`crate::sync::Scope`]).
+//!
+//! Rows go through the sync engine ([`crate::sync::engine::Run`]): each is checked, each page
+//! is written in one transaction, and the counts are true.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -19,11 +20,12 @@ use serde_json::{Value, json};
 use super::Kerio;
 use super::client::KerioError;
 use super::map;
-use super::store::clear_state;
+use crate::calls::Source;
 use crate::calls::params::{BadParam, parse_time};
-use crate::calls::store::upsert_one;
 use crate::db::watermark::{get_watermark, set_watermark};
 use crate::sync::SyncReport;
+use crate::sync::engine::{self, Scope};
+use crate::sync::store::clear_state;
 
 /// `sync_state` name of the history watermark.
 pub const WATERMARK: &str = "kerio:history";
@@ -32,11 +34,15 @@ pub const PENDING_HIGH: &str = "kerio:history:high";
 /// `sync_state` name of the oldest call time committed by a run in progress.
 pub const PENDING_LOW: &str = "kerio:history:low";
 
-/// Fields asked of `CallHistory.get`.
-pub const HISTORY_FIELDS: [&str; 6] = [
+/// Fields asked of `CallHistory.get`: the call's own `ID`, and every field that tells two
+/// calls apart (the fallback id when no `ID` comes, see [`map::history_call_id`]).
+pub const HISTORY_FIELDS: [&str; 9] = [
+    "ID",
     "TIMESTAMP",
     "FROM_NUM",
+    "FROM_NAME",
     "TO_NUM",
+    "TO_NAME",
     "CALL_DURATION",
     "ANSWERED_DURATION",
     "STATUS",
@@ -54,8 +60,13 @@ pub struct SyncRange {
 }
 
 impl SyncRange {
-    fn is_scheduled(&self) -> bool {
-        self.from.is_none() && self.to.is_none() && self.extension.is_none()
+    /// The engine's scope: [`Scope::Full`] only when nothing is given.
+    pub fn scope(&self) -> Scope {
+        Scope::of(
+            self.from.is_some(),
+            self.to.is_some(),
+            self.extension.is_some(),
+        )
     }
 }
 
@@ -76,7 +87,7 @@ pub fn parse_range(
         .map(|s| {
             parse_time(names[1], s).map(|t| {
                 if s.len() == 10 {
-                    t + chrono::Duration::days(1)
+                    t.checked_add_signed(chrono::Duration::days(1)).unwrap_or(t)
                 } else {
                     t
                 }
@@ -146,7 +157,7 @@ struct Page {
 struct Run<'a> {
     kerio: &'a Kerio,
     extension: Option<String>,
-    report: SyncReport,
+    run: engine::Run,
     total: u64,
     progress: Progress<'a>,
 }
@@ -178,30 +189,29 @@ impl Kerio {
         range: &SyncRange,
         progress: Progress<'_>,
     ) -> Result<SyncReport, KerioError> {
-        let started = Instant::now();
         let mut run = Run {
             kerio: self,
             extension: range.extension.clone(),
-            report: SyncReport::default(),
+            run: engine::Run::start(&self.db, Source::Kerio, WATERMARK, range.scope()).await?,
             total: 0,
             progress,
         };
-        if range.is_scheduled() {
+        if run.run.scope() == Scope::Full {
             self.scheduled(&mut run).await?;
         } else {
             let mut seg = Segment::new(range.from, None);
             seg.before = range.to;
             while run.next_page(&mut seg).await?.is_some() {}
         }
-        run.report.ms = started.elapsed().as_millis() as u64;
-        Ok(run.report)
+        Ok(run.run.finish())
     }
 
     async fn scheduled(&self, run: &mut Run<'_>) -> Result<(), KerioError> {
         let db = &self.db;
         let overlap = self.options.overlap;
-        let watermark = get_watermark(db, WATERMARK).await?;
-        let lower = watermark.map(|w| w - overlap);
+        let watermark = run.run.watermark();
+        let back = |t: DateTime<Utc>| t.checked_sub_signed(overlap).unwrap_or(t);
+        let lower = watermark.map(back);
         let pending = (
             get_watermark(db, PENDING_HIGH).await?,
             get_watermark(db, PENDING_LOW).await?,
@@ -213,13 +223,13 @@ impl Kerio {
                     high = %crate::db::format_time(&ph), low = %crate::db::format_time(&pl),
                     "Kerio history: resuming an interrupted sync"
                 );
-                let mut newer = Segment::new(Some(ph - overlap), None);
+                let mut newer = Segment::new(Some(back(ph)), None);
                 high = Some(ph);
                 while let Some(page) = run.next_page(&mut newer).await? {
                     high = high.max(page.newest);
                 }
                 set_watermark(db, PENDING_HIGH, high.unwrap_or(ph)).await?;
-                Segment::new(lower, Some(pl + overlap))
+                Segment::new(lower, Some(pl.checked_add_signed(overlap).unwrap_or(pl)))
             }
             _ => Segment::new(lower, None),
         };
@@ -234,10 +244,8 @@ impl Kerio {
                 set_watermark(db, PENDING_LOW, low).await?;
             }
         }
-        if let Some(h) = high
-            && watermark.is_none_or(|w| h > w)
-        {
-            set_watermark(db, WATERMARK, h).await?;
+        if let Some(h) = high {
+            run.run.advance(h).await?;
         }
         clear_state(db, &[PENDING_HIGH, PENDING_LOW]).await?;
         Ok(())
@@ -284,14 +292,14 @@ impl Run<'_> {
                 reason: "no result.callHistory list".into(),
             })?;
         let total = result.get("totalItems").and_then(Value::as_u64);
+        let n = i64::try_from(items.len()).unwrap_or(i64::MAX);
         if seg.start == 0 {
-            self.total += total.unwrap_or(items.len() as u64);
+            self.total = self
+                .total
+                .saturating_add(total.unwrap_or(items.len() as u64));
         }
-        seg.start += items.len() as i64;
-        if items.is_empty()
-            || (items.len() as i64) < limit
-            || total.is_some_and(|t| seg.start as u64 >= t)
-        {
+        seg.start = seg.start.saturating_add(n);
+        if items.is_empty() || n < limit || total.is_some_and(|t| seg.start as u64 >= t) {
             seg.done = true;
         }
 
@@ -299,18 +307,13 @@ impl Run<'_> {
             newest: None,
             oldest: None,
         };
-        let mut skipped = 0u64;
+        let agents = &self.kerio.agents;
+        let mut records = Vec::with_capacity(items.len());
         for item in items {
-            self.report.fetched += 1;
-            let rec = match map::history_record(&self.kerio.agents, item) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.report.skipped += 1;
-                    skipped += 1;
-                    crate::sync::observe::error("kerio");
-                    tracing::warn!(item = %truncate(item), "Kerio history item skipped: {e}");
-                    continue;
-                }
+            let Some(rec) = self.run.check(item, |i| {
+                map::history_record(agents, i).map_err(|e| e.to_string())
+            }) else {
+                continue;
             };
             let t = rec.start_time;
             if seg.lower.is_some_and(|l| t < l) {
@@ -331,30 +334,11 @@ impl Run<'_> {
                     continue;
                 }
             }
-            if upsert_one(&self.kerio.db, &rec).await? {
-                self.report.inserted += 1;
-            } else {
-                self.report.updated += 1;
-            }
+            records.push(rec);
         }
-        crate::sync::observe::page(
-            "kerio",
-            u64::try_from(seg.start)
-                .unwrap_or(0)
-                .div_ceil(u64::try_from(limit).unwrap_or(1).max(1)),
-            items.len() as u64,
-            skipped,
-        );
-        (self.progress)(self.report.fetched, self.total.max(self.report.fetched));
+        self.run.write(records).await?;
+        let fetched = self.run.report().fetched;
+        (self.progress)(fetched, self.total.max(fetched));
         Ok(Some(page))
-    }
-}
-
-/// An item for a log line: its JSON, cut to 200 characters.
-fn truncate(v: &Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(200) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s,
     }
 }

@@ -1,5 +1,5 @@
-//! SQL of the Kavkom adapter: which CDRs of a page are already stored, and with what raw
-//! item, so that a sync tells new from changed from unchanged rows. Writes go through
+//! SQL of the sync engine: which rows of a page are already stored, and with what raw
+//! item, so that a run tells new from changed from unchanged rows. Writes go through
 //! `calls::store::upsert_many` (one transaction per page).
 
 use std::collections::HashMap;
@@ -9,10 +9,11 @@ use sqlx::Row;
 use crate::calls::Source;
 use crate::db::{Db, DbError};
 
-/// The stored `raw` JSON (parsed; `Value::Null` when absent or unreadable) of each Kavkom
-/// call among `call_ids` that is already in `calls`.
+/// The stored `raw` JSON (parsed; `Value::Null` when absent or unreadable) of each call of
+/// `source` among `call_ids` that is already in `calls`.
 pub async fn stored_raw(
     db: &Db,
+    source: Source,
     call_ids: &[&str],
 ) -> Result<HashMap<String, serde_json::Value>, DbError> {
     let mut out = HashMap::new();
@@ -23,7 +24,7 @@ pub async fn stored_raw(
             "SELECT external_id, raw FROM calls WHERE source = $1 AND external_id IN ({})",
             marks.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(Source::Kavkom.as_str());
+        let mut q = sqlx::query(&sql).bind(source.as_str());
         for id in chunk {
             q = q.bind(*id);
         }
@@ -37,4 +38,15 @@ pub async fn stored_raw(
         }
     }
     Ok(out)
+}
+
+/// Deletes the `sync_state` rows named `names` (absent rows are fine).
+pub async fn clear_state(db: &Db, names: &[&str]) -> Result<(), DbError> {
+    for name in names {
+        sqlx::query("DELETE FROM sync_state WHERE name = $1")
+            .bind(*name)
+            .execute(db.pool())
+            .await?;
+    }
+    Ok(())
 }
