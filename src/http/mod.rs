@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod console;
 pub mod error;
 pub mod extensions;
 pub mod health;
@@ -177,6 +178,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .merge(health::router())
+        .merge(console::router())
         .merge(users::public_router())
         .merge(protected)
         .layer(h("x-content-type-options", "nosniff"))

@@ -5,6 +5,7 @@ mod calls_api;
 mod calls_e2e;
 mod cel;
 mod cli;
+mod console;
 mod extensions;
 mod fake_ari;
 mod fake_asterisk;
