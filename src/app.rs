@@ -211,6 +211,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         kerio,
         kavkom,
         login_limiter: Arc::default(),
+        tickets: Arc::default(),
         shutdown: cancel.clone(),
         extensions: Some(provisioner),
         tasks: supervisor.statuses(),

@@ -140,6 +140,36 @@ impl FromStr for List {
     }
 }
 
+/// A comma-separated list of networks in CIDR notation (`TRUSTED_PROXIES`); a bare
+/// address stands for itself (/32 or /128).
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct Cidrs(pub Vec<ipnet::IpNet>);
+
+impl FromStr for Cidrs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{t:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Cidrs)
+    }
+}
+
+impl Cidrs {
+    /// True when `ip` is in one of the networks (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// Log line format (`LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -383,6 +413,11 @@ pub struct AuthSettings {
     /// Comma-separated origins allowed for CORS and WebSocket upgrades.
     #[arg(long, env = "CORS_ORIGINS", default_value = "", global = true)]
     pub cors_origins: List,
+    /// Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed: for a
+    /// request from one of them, the login limiter and the logs use the rightmost address
+    /// in X-Forwarded-For that is not itself a trusted proxy. Empty: the socket's peer.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", global = true)]
+    pub trusted_proxies: Cidrs,
 }
 
 /// Kerio Operator adapter (off unless KERIO_PBX_HOST or KERIO_API_URL is set).

@@ -98,6 +98,8 @@ pub struct AppState {
     pub kavkom: Option<Arc<crate::sync::kavkom::Kavkom>>,
     /// Failed-login counts.
     pub login_limiter: Arc<crate::users::limiter::LoginLimiter>,
+    /// Outstanding single-use WebSocket tickets (`POST /auth/ws-ticket`).
+    pub tickets: Arc<crate::users::ticket::Tickets>,
     /// Cancelled at shutdown (ends live connections).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Extensions provisioner (PJSIP file, reload, verification), when running.
@@ -121,6 +123,7 @@ impl AppState {
             kerio: None,
             kavkom: None,
             login_limiter: Arc::default(),
+            tickets: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
             tasks: TaskStatuses::default(),

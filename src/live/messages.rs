@@ -225,6 +225,12 @@ pub fn resync(missed: u64) -> String {
     frame("resync", json!({ "missed": missed }))
 }
 
+/// The `closed` message `{"code", "reason"}` an event stream (SSE) ends with when the
+/// server closes it (a WebSocket gets a close frame with the same code instead).
+pub fn closed(code: u16, reason: &str) -> String {
+    frame("closed", json!({ "code": code, "reason": reason }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

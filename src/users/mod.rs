@@ -1,10 +1,11 @@
 //! Users of the web app: argon2id password hashes, roles (admin, viewer), JWT login tokens
 //! (HS256 with `JWT_SECRET`, lifetime `JWT_TTL`; a token is honoured only while its user
-//! exists and has not changed since it was issued), and the per-IP / per-username limit on
+//! exists and its token version has not changed since it was issued), and the per-IP / per-username limit on
 //! failed logins.
 
 pub mod limiter;
 pub mod store;
+pub mod ticket;
 pub mod token;
 
 use argon2::Argon2;
@@ -56,6 +57,9 @@ pub struct User {
     pub created_at: String,
     /// When last changed.
     pub updated_at: String,
+    /// Incremented whenever the user's tokens are revoked (see `token`); not shown.
+    #[serde(skip)]
+    pub token_version: i64,
 }
 
 /// Checks a username: 1–64 of `[A-Za-z0-9._@-]`.
@@ -108,11 +112,24 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// Checks a login's password against the user's stored hash (`None`: no such user) on a
-/// blocking thread, since argon2 takes tens of milliseconds of CPU and must not stall the
+/// Password checks (argon2) running at once, at most: each takes tens of milliseconds of
+/// CPU and about 19 MiB, so a burst of logins queues here instead of taking every core
+/// (and the memory) from live fan-out and ARI ingest.
+pub const ARGON2_CONCURRENCY: usize = 2;
+
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ARGON2_CONCURRENCY);
+    &PERMITS
+}
+
+/// Checks a login's password against the user's stored hash (`None`: no such user) on the
+/// blocking pool, at most [`ARGON2_CONCURRENCY`] at a time, since argon2 must not stall the
 /// async runtime (live fan-out, ARI ingest). Without a user the dummy hash is checked, so
 /// both failures take as long. True only for a known user with the right password.
 pub async fn verify_login(password: String, hash: Option<String>) -> bool {
+    let Ok(_permit) = argon2_permits().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let dummy = dummy_hash();
         let matched = verify_password(&password, hash.as_deref().unwrap_or(dummy));
@@ -120,6 +137,22 @@ pub async fn verify_login(password: String, hash: Option<String>) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+/// A login: the user when `username` exists and `password` is theirs, else None. An unknown
+/// user and a wrong password take the same time (one argon2 check each, see
+/// [`verify_login`]). Errors: the user lookup failed.
+pub async fn check_login(
+    db: &crate::db::Db,
+    username: &str,
+    password: String,
+) -> Result<Option<User>, crate::db::DbError> {
+    let (user, hash) = match store::find_for_login(db, username).await? {
+        Some((user, hash)) => (Some(user), Some(hash)),
+        None => (None, None),
+    };
+    let ok = verify_login(password, hash).await;
+    Ok(user.filter(|_| ok))
 }
 
 #[cfg(test)]

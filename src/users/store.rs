@@ -27,6 +27,7 @@ fn decode(row: &AnyRow) -> Result<User, DbError> {
         },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        token_version: row.try_get("token_version")?,
     })
 }
 
@@ -51,13 +52,14 @@ pub async fn add(db: &Db, username: &str, password: &str, role: Role) -> Result<
         role,
         created_at: now.clone(),
         updated_at: now,
+        token_version: 0,
     })
 }
 
 /// Every user, by name.
 pub async fn list(db: &Db) -> Result<Vec<User>, DbError> {
     let rows = sqlx::query(
-        "SELECT id, username, role, created_at, updated_at FROM users ORDER BY username",
+        "SELECT id, username, role, created_at, updated_at, token_version FROM users ORDER BY username",
     )
     .fetch_all(db.pool())
     .await?;
@@ -74,7 +76,7 @@ pub async fn count(db: &Db) -> Result<i64, DbError> {
 
 /// The user and their password hash, for login.
 pub async fn find_for_login(db: &Db, username: &str) -> Result<Option<(User, String)>, DbError> {
-    let row = sqlx::query("SELECT id, username, role, created_at, updated_at, password_hash FROM users WHERE username = $1")
+    let row = sqlx::query("SELECT id, username, role, created_at, updated_at, token_version, password_hash FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(db.pool())
         .await?;
@@ -84,10 +86,10 @@ pub async fn find_for_login(db: &Db, username: &str) -> Result<Option<(User, Str
     }
 }
 
-/// Sets a new password.
+/// Sets a new password and revokes every token issued before (token version + 1).
 pub async fn set_password(db: &Db, username: &str, password: &str) -> Result<(), UserError> {
     let hash = hash_password(password)?;
-    let n = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3")
+    let n = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2, token_version = token_version + 1 WHERE username = $3")
         .bind(&hash)
         .bind(format_time(&Utc::now()))
         .bind(username)

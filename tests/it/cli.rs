@@ -216,3 +216,149 @@ fn check_reports_each_component() {
             && !String::from_utf8_lossy(&out.stderr).contains("pw-never-shown")
     );
 }
+
+/// Each secret setting, with a marker value that must never be shown.
+const SECRET_MARKERS: [(&str, &str); 6] = [
+    ("ARI_PASSWORD", "mark-ari-pass-1"),
+    ("AMI_SECRET", "mark-ami-pass-2"),
+    ("JWT_SECRET", "mark-jwt-secret-3-0123456789abcdef0123456789"),
+    ("KERIO_API_PASSWORD", "mark-kerio-pass-4"),
+    ("KAVKOM_API_TOKEN", "mark-kavkom-token-5"),
+    ("API_TOKENS", "mark-api-token-6"),
+];
+const DB_MARK: &str = "mark-db-pass-7";
+const CEL_MARK: &str = "mark-cel-pass-8";
+
+fn all_markers() -> Vec<&'static str> {
+    let mut m: Vec<&str> = SECRET_MARKERS.iter().map(|(_, v)| *v).collect();
+    m.extend([DB_MARK, CEL_MARK]);
+    m
+}
+
+fn assert_no_marker(what: &str, text: &str) {
+    for m in all_markers() {
+        assert!(!text.contains(m), "{m} shown in {what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_shows_in_help_debug_logs_health_or_errors() {
+    // A real PostgreSQL with a password in its URL (trust auth ignores it); SQLite without.
+    let pg = crate::support::postgres().await;
+    let sqlite = crate::support::sqlite().await;
+    let db_url = match &pg {
+        Some(db) => db.url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{DB_MARK}@"),
+            1,
+        ),
+        None => sqlite.url.clone(),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let cel_url = format!("postgres://cel:{CEL_MARK}@127.0.0.1:1/asterisk");
+    let unreachable = "http://127.0.0.1:1";
+    let mut env: Vec<(&str, String)> = SECRET_MARKERS
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    env.extend([
+        ("DATABASE_URL", db_url.clone()),
+        ("ASTERISK_CEL_URL", cel_url),
+        ("HTTP_LISTEN", listen.clone()),
+        ("ARI_URL", unreachable.to_string()),
+        ("AMI_HOST", "127.0.0.1".into()),
+        ("AMI_PORT", "1".into()),
+        ("AMI_USERNAME", "pbx".into()),
+        ("KERIO_API_URL", format!("{unreachable}/admin/api/jsonrpc/")),
+        ("KERIO_API_USERNAME", "admin".into()),
+        ("KAVKOM_API_URL", unreachable.to_string()),
+        (
+            "KAVKOM_DOMAIN_UUID",
+            "0b6a1b9e-0000-4000-8000-000000000001".into(),
+        ),
+        ("RUST_LOG", "debug".into()),
+    ]);
+    let with_env = |c: &mut Command| {
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+    };
+
+    // --help.
+    let mut c = pbxbridge();
+    with_env(&mut c);
+    let out = c.args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert_no_marker("--help", &String::from_utf8_lossy(&out.stdout));
+
+    // Debug of the settings.
+    let mut argv = vec!["pbxbridge".to_string()];
+    for (k, v) in &env {
+        argv.push(format!("--{}", k.to_lowercase().replace('_', "-")));
+        argv.push(v.clone());
+    }
+    argv.retain(|a| a != "--rust-log" && a != "debug");
+    argv.push("serve".into());
+    let cli = <pbxbridge::cli::Cli as clap::Parser>::try_parse_from(&argv).unwrap();
+    assert_no_marker("Debug of Settings", &format!("{:?}", cli.settings));
+
+    // Logs, /health and error bodies of a running daemon whose links all fail.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut c = pbxbridge();
+    with_env(&mut c);
+    let mut child = c
+        .arg("serve")
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    let mut health = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            health = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let health = health.expect("the daemon answers /health");
+    assert_no_marker("/health", &health);
+    let token = SECRET_MARKERS[5].1;
+    let mut bodies = Vec::new();
+    for (method, path, auth) in [
+        ("GET", "/calls", false),
+        ("GET", "/calls?from=bogus", true),
+        ("POST", "/kerio/sync", true),
+        ("POST", "/kavkom/sync", true),
+        ("GET", "/kavkom/auth/verify", true),
+        ("POST", "/auth/login", false),
+        ("GET", "/no/such/route", true),
+    ] {
+        let mut rq = client.request(method.parse().unwrap(), format!("{base}{path}"));
+        if auth {
+            rq = rq.bearer_auth(token);
+        }
+        let r = rq.send().await.unwrap();
+        bodies.push(format!(
+            "{method} {path} {}: {}",
+            r.status(),
+            r.text().await.unwrap()
+        ));
+    }
+    // Let the failing links log a round or two.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for b in &bodies {
+        assert_no_marker("an error body", b);
+    }
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.contains("HTTP API listening"), "{logs}");
+    assert_no_marker("the logs", &logs);
+}

@@ -154,8 +154,14 @@ async fn login_tokens_roles_and_rate_limit() {
         );
 
         // Expired, forged, missing.
+        // (For the real user: only the expiry or the signature is wrong.)
         let now = chrono::Utc::now().timestamp();
-        let (expired, _) = token::issue(SECRET, "aziza", Role::Admin, now - 7200, 3600).unwrap();
+        let aziza = users::find_for_login(&db.db, "aziza")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        let (expired, _) = token::issue(SECRET, &aziza, now - 7200, 3600).unwrap();
         assert_eq!(
             client
                 .get(format!("{base}/calls"))
@@ -166,8 +172,7 @@ async fn login_tokens_roles_and_rate_limit() {
                 .status(),
             401
         );
-        let (forged, _) =
-            token::issue("some-other-secret", "aziza", Role::Admin, now, 3600).unwrap();
+        let (forged, _) = token::issue("some-other-secret", &aziza, now, 3600).unwrap();
         assert_eq!(
             client
                 .get(format!("{base}/calls"))
@@ -353,17 +358,26 @@ async fn passwd_and_remove_revoke_issued_tokens() {
         let first = token_of(&base, "rustam", "first password 1").await;
         assert_eq!(me(first.clone()).await, StatusCode::OK, "{}", db.backend);
 
-        // Signed with the right secret, but issued before the user existed (and claiming admin).
+        // Signed with the right secret, but for another user id (and claiming admin).
         let now = chrono::Utc::now().timestamp();
-        let (stale, _) = token::issue(SECRET, "rustam", Role::Admin, now - 100, 3600).unwrap();
+        let impostor = pbxbridge::users::User {
+            id: "not-rustam".into(),
+            username: "rustam".into(),
+            role: Role::Admin,
+            created_at: String::new(),
+            updated_at: String::new(),
+            token_version: 0,
+        };
+        let (stale, _) = token::issue(SECRET, &impostor, now - 100, 3600).unwrap();
         assert_eq!(me(stale).await, StatusCode::UNAUTHORIZED);
 
-        // A new password revokes the tokens issued before it (whole seconds apart).
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // A new password revokes the tokens issued before it, even within the same second.
+        let first_again = token_of(&base, "rustam", "first password 1").await;
         users::set_password(&db.db, "rustam", "second password 2")
             .await
             .unwrap();
         assert_eq!(me(first).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(me(first_again).await, StatusCode::UNAUTHORIZED);
         let second = token_of(&base, "rustam", "second password 2").await;
         assert_eq!(me(second.clone()).await, StatusCode::OK);
 
@@ -372,4 +386,305 @@ async fn passwd_and_remove_revoke_issued_tokens() {
         assert_eq!(me(second).await, StatusCode::UNAUTHORIZED);
         running.shutdown().await;
     }
+}
+
+/// Opens `/ws` with `query`; Ok(()) on 101, Err(status) otherwise.
+async fn ws_status(base: &str, query: &str) -> Result<(), u16> {
+    let url = format!("{}/ws?{query}", base.replacen("http://", "ws://", 1));
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("WebSocket failed: {e}"),
+    }
+}
+
+/// POST /auth/ws-ticket with `token`; the JSON answer.
+async fn ws_ticket(base: &str, token: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/auth/ws-ticket"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_ticket_is_short_lived_and_single_use() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "dilnoza", "ticket password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let (running, base) = daemon(&db).await;
+    let client = reqwest::Client::new();
+    let token = token_of(&base, "dilnoza", "ticket password 1").await;
+
+    let body = ws_ticket(&base, &token).await;
+    assert_eq!(body["expiresInSeconds"], 30, "{body}");
+    let ticket = body["ticket"].as_str().unwrap().to_string();
+    assert!(ticket.len() >= 32 && !ticket.contains(&token));
+    // Only on the live routes: elsewhere a ticket is no credential (and stays unspent).
+    let r = client
+        .get(format!("{base}/calls?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(ws_status(&base, &format!("ticket={ticket}")).await, Ok(()));
+    assert_eq!(
+        ws_status(&base, &format!("ticket={ticket}")).await,
+        Err(401),
+        "a ticket is used once"
+    );
+    assert_eq!(ws_status(&base, "ticket=bogus").await, Err(401));
+
+    // SSE takes one too, once; a machine token can get one as well.
+    let ticket = ws_ticket(&base, "machine").await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .get(format!("{base}/events?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let r = client
+        .get(format!("{base}/events?ticket={ticket}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Without credentials no ticket is handed out; machines keep `?token=`.
+    let r = client
+        .post(format!("{base}/auth/ws-ticket"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(ws_status(&base, "token=machine").await, Ok(()));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_live_connections_are_closed_when_their_token_is_revoked() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let db = support::sqlite().await;
+    users::add(&db.db, "javlon", "socket password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let (running, base) = daemon(&db).await;
+    let ws_base = base.replacen("http://", "ws://", 1);
+    let token = token_of(&base, "javlon", "socket password 1").await;
+
+    // A WebSocket opened with a ticket, an event stream with the token, and a machine's
+    // WebSocket that must stay open.
+    let ticket = ws_ticket(&base, &token).await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?ticket={ticket}"))
+        .await
+        .unwrap();
+    let (mut machine, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token=machine"))
+        .await
+        .unwrap();
+    let mut sse = reqwest::Client::new()
+        .get(format!("{base}/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    users::set_password(&db.db, "javlon", "socket password 2")
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    let close = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within a few seconds")
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4001);
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    let mut text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(chunk)) = sse.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ends");
+    assert!(
+        text.contains(r#""event":"closed""#) && text.contains("4001"),
+        "{text}"
+    );
+
+    // The machine's socket is still served.
+    use futures_util::SinkExt;
+    machine.send(Message::text("snapshot")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), machine.next())
+        .await
+        .unwrap();
+    assert!(matches!(got, Some(Ok(Message::Text(_)))), "{got:?}");
+
+    // Removing a user closes its sockets too.
+    let token = token_of(&base, "javlon", "socket password 2").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}"))
+        .await
+        .unwrap();
+    users::remove(&db.db, "javlon").await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            if let Some(Ok(Message::Close(frame))) = ws.next().await {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("closed within a few seconds");
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4001));
+    running.shutdown().await;
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_and_wrong_password_take_as_long() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "timur", "timing password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let check = |name: &'static str| {
+        let db = db.db.clone();
+        async move {
+            let t = std::time::Instant::now();
+            let user = pbxbridge::users::check_login(&db, name, "wrong password!".into())
+                .await
+                .unwrap();
+            assert!(user.is_none());
+            t.elapsed()
+        }
+    };
+    // Warm up (the dummy hash is made on first use).
+    check("nobody").await;
+    check("timur").await;
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    // Interleaved, so load on the machine hits both alike.
+    for _ in 0..50 {
+        unknown.push(check("nobody").await);
+        wrong.push(check("timur").await);
+    }
+    let (u, w) = (median(&mut unknown), median(&mut wrong));
+    let gap = u.abs_diff(w).as_secs_f64() / u.max(w).as_secs_f64();
+    assert!(
+        gap <= 0.20,
+        "unknown {u:?} vs wrong password {w:?}: {:.0} % apart",
+        gap * 100.0
+    );
+    let right = pbxbridge::users::check_login(&db.db, "timur", "timing password 1".into())
+        .await
+        .unwrap();
+    assert_eq!(right.map(|u| u.username).as_deref(), Some("timur"));
+}
+
+/// A failed or successful login from `forwarded_for` (sent as X-Forwarded-For); the status.
+async fn login_via(base: &str, forwarded_for: &str, user: &str, pass: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": user, "password": pass}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_limiter_keys_on_the_forwarded_client() {
+    let db = support::sqlite().await;
+    users::add(&db.db, "bobur", "proxy password 1", Role::Viewer)
+        .await
+        .unwrap();
+    let args = |proxies: &'static str| {
+        [
+            "--api-tokens",
+            "machine",
+            "--jwt-secret",
+            SECRET,
+            "--trusted-proxies",
+            proxies,
+        ]
+    };
+    // The daemon's peer (127.0.0.1) is the trusted proxy.
+    let running = support::daemon_without_asterisk(&db, &args("10.9.0.0/16, 127.0.0.1")).await;
+    let base = format!("http://{}", running.addr);
+    // Five failures from 10.0.0.1 (five usernames: only the IP bucket fills up).
+    for i in 0..5 {
+        let s = login_via(&base, "10.0.0.1", &format!("ghost{i}"), "wrong pass").await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(
+        login_via(&base, "10.0.0.1", "ghost9", "wrong pass").await,
+        429
+    );
+    // Another client behind the same proxy has its own bucket...
+    assert_eq!(
+        login_via(&base, "10.0.0.2", "bobur", "proxy password 1").await,
+        200
+    );
+    // ...and the rightmost untrusted hop counts (the left ones could be forged), with a
+    // trusted inner proxy skipped.
+    assert_eq!(
+        login_via(
+            &base,
+            "10.0.0.1, 10.0.0.3, 10.9.1.1",
+            "bobur",
+            "proxy password 1"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        login_via(
+            &base,
+            "10.0.0.3, 10.0.0.1, 10.9.1.1",
+            "bobur",
+            "proxy password 1"
+        )
+        .await,
+        429
+    );
+    running.shutdown().await;
+
+    // A peer that is not a trusted proxy: its X-Forwarded-For is ignored, so everyone from
+    // 127.0.0.1 shares one bucket whatever they claim.
+    let running = support::daemon_without_asterisk(&db, &args("192.0.2.0/24")).await;
+    let base = format!("http://{}", running.addr);
+    for i in 0..5 {
+        let s = login_via(&base, &format!("10.0.0.{i}"), &format!("ghost{i}"), "x").await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(
+        login_via(&base, "10.0.0.99", "bobur", "proxy password 1").await,
+        429
+    );
+    running.shutdown().await;
 }

@@ -1,7 +1,10 @@
 //! Live events for the UI: `GET /ws` (WebSocket) and `GET /events` (Server-Sent Events).
-//! Both need a token (header, or `?token=` for browsers; 401 before any upgrade), check the
-//! `Origin` against `CORS_ORIGINS`, accept `?extension=` and `?events=` filters, and start
-//! with a `snapshot`. A client that falls `LIVE_BUFFER` events behind gets `resync` and a
+//! Both need a token (header; `?ticket=` for browsers; `?token=` for machines; 401 before
+//! any upgrade), check the `Origin` against `CORS_ORIGINS`, accept `?extension=` and
+//! `?events=` filters, and start with a `snapshot`. The credential is checked again every
+//! [`REVOCATION_CHECK`] (2 s): once it is revoked (password changed, user removed), a
+//! WebSocket is closed with code 4001 and an event stream ends with a `closed` message
+//! `{"code": 4001, "reason"}`. A client that falls `LIVE_BUFFER` events behind gets `resync` and a
 //! fresh snapshot; a WebSocket client whose socket takes nothing for `LIVE_SEND_TIMEOUT`
 //! (5 s) is closed (code 1008, with the reason), so a slow client never slows the daemon or
 //! the others. The WebSocket is pinged every 30 s and dropped when no pong came back for
@@ -17,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +28,7 @@ use axum::routing::get;
 use futures_util::Stream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::auth::Credential;
 use super::error::ApiError;
 use super::{AppState, Peer};
 use crate::live::RecvError;
@@ -33,6 +37,21 @@ use crate::live::messages::{self, Filter};
 pub mod socket;
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// How often an open live connection checks that its credential still holds.
+pub const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
+/// True when `token` no longer authenticates anyone (revoked, user removed). A storage
+/// failure is not a revocation: the connection stays and the next check decides.
+async fn revoked(state: &AppState, token: &str) -> bool {
+    match super::auth::authenticate(state, token).await {
+        Ok(p) => p.is_none(),
+        Err(e) => {
+            tracing::warn!("live connection's credential check failed: {e}");
+            false
+        }
+    }
+}
 
 /// The live routes (behind the token middleware).
 pub fn router() -> Router<AppState> {
@@ -87,6 +106,11 @@ async fn ws(
     check_origin(&state, req.headers())?;
     let filter = filter(&q)?;
     let accept = accept_key(&req)?;
+    let Credential(token) = req
+        .extensions()
+        .get::<Credential>()
+        .cloned()
+        .ok_or(ApiError::Unauthorized)?;
     let peer = req
         .extensions()
         .get::<ConnectInfo<Peer>>()
@@ -97,7 +121,7 @@ async fn ws(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => socket::run(upgraded, tcp, state, filter).await,
+            Ok(upgraded) => socket::run(upgraded, tcp, state, filter, token).await,
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
     });
@@ -148,6 +172,7 @@ fn accept_key(req: &Request) -> Result<HeaderValue, ApiError> {
 
 async fn sse(
     State(state): State<AppState>,
+    Extension(Credential(token)): Extension<Credential>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -157,6 +182,10 @@ async fn sse(
     let mut rx = state.hub.subscribe();
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + REVOCATION_CHECK,
+        REVOCATION_CHECK,
+    );
     let stream = async_stream::stream! {
         let data = |text: &str| SseEvent::default().data(text);
         yield Ok(data(&messages::snapshot(&hub, locale, &filter)));
@@ -164,6 +193,13 @@ async fn sse(
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
                 _ = shutdown.cancelled() => break,
+                _ = recheck.tick() => {
+                    if revoked(&state, &token).await {
+                        yield Ok(data(&messages::closed(4001, "token revoked")));
+                        break;
+                    }
+                    continue;
+                }
             };
             match ev {
                 Ok(ev) => {

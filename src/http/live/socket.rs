@@ -328,10 +328,18 @@ impl Drop for Attached<'_> {
     }
 }
 
-/// Runs one WebSocket client until it goes away, is closed for being slow or silent, or
-/// the daemon shuts down (close 1001). `upgraded`: hyper's connection after the 101
-/// answer (read from); `tcp`: the [`duplicate`] of its socket (written to).
-pub async fn run(upgraded: Upgraded, tcp: TcpStream, state: AppState, filter: Filter) {
+/// Runs one WebSocket client until it goes away, is closed for being slow or silent, its
+/// credential is revoked (close 4001, checked every [`super::REVOCATION_CHECK`]), or the
+/// daemon shuts down (close 1001). `upgraded`: hyper's connection after the 101 answer
+/// (read from); `tcp`: the [`duplicate`] of its socket (written to); `token`: what the
+/// client authenticated with.
+pub async fn run(
+    upgraded: Upgraded,
+    tcp: TcpStream,
+    state: AppState,
+    filter: Filter,
+    token: String,
+) {
     let hub = &state.hub;
     let timeout = Duration::from_secs(state.settings.core.live_send_timeout);
     let client = Arc::new(Client {
@@ -364,6 +372,10 @@ pub async fn run(upgraded: Upgraded, tcp: TcpStream, state: AppState, filter: Fi
     .await;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_pong = Instant::now();
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + super::REVOCATION_CHECK,
+        super::REVOCATION_CHECK,
+    );
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
     client.wake.notify_one();
@@ -383,6 +395,11 @@ pub async fn run(upgraded: Upgraded, tcp: TcpStream, state: AppState, filter: Fi
                 }
             },
             _ = &mut shutdown => break (1001, "shutting down"),
+            _ = recheck.tick() => {
+                if super::revoked(&state, &token).await {
+                    break (4001, "token revoked");
+                }
+            }
             _ = ping.tick() => {
                 if last_pong.elapsed() > PONG_TIMEOUT {
                     client.stats.slow_closed.fetch_add(1, Ordering::Relaxed);

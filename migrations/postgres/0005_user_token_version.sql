@@ -1,0 +1,4 @@
+-- Per-user token version: login tokens carry the version current when they were issued
+-- (claim `ver`); `user passwd` increments it, so revocation holds even within the second
+-- a token was issued.
+ALTER TABLE users ADD COLUMN token_version BIGINT NOT NULL DEFAULT 0;
