@@ -7,13 +7,13 @@
 //! sleeps, so a loaded machine makes them slower, not flaky.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use pbxbridge::users::Role;
 use serde_json::{Value, json};
 
+use crate::browser::Driver;
 use crate::fake_ari;
 use crate::support::{self, TestDb};
 
@@ -26,54 +26,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn driver() -> Driver {
-    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            Path::new(bin).exists(),
-            "{bin} is missing: apt-get install -y chromium chromium-driver (.ci/run does it)"
-        );
-    }
-    let port = free_port();
-    let child = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Driver { child, port };
-    let status = format!("http://127.0.0.1:{port}/status");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reqwest::get(&status).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chromedriver did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    d
-}
-
 /// A page under test: the daemon, the browser and where downloads land.
 struct Ui {
     c: Client,
@@ -83,29 +35,9 @@ struct Ui {
 }
 
 async fn browser(base: &str) -> Ui {
-    let driver = driver().await;
+    let driver = Driver::start().await;
     let downloads = tempfile::tempdir().unwrap();
-    let caps = json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,900", "--no-first-run", "--disable-extensions"],
-            "prefs": {
-                "download.default_directory": downloads.path().to_str().unwrap(),
-                "download.prompt_for_download": false,
-            },
-        }
-    });
-    let Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    // Plain HTTP to the local chromedriver: no TLS stack needed.
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let c = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .unwrap();
+    let c = driver.client(Some(downloads.path())).await;
     Ui {
         c,
         base: base.to_string(),

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (faster to link), one module per area.
 
 mod ami;
+mod browser;
 mod calls_api;
 mod calls_e2e;
 mod cel;

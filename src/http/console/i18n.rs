@@ -206,7 +206,7 @@ pub fn strings(locale: Locale) -> Strings {
         close: w("Yopish", "Закрыть", "Close"),
         edit: w("Tahrirlash", "Изменить", "Edit"),
         enable: w("Yoqish", "Включить", "Enable"),
-        disable: w("O'chirish", "Выключить", "Disable"),
+        disable: w("O'chirib qo'yish", "Выключить", "Disable"),
         delete: w("O'chirib tashlash", "Удалить", "Delete"),
         status: w("Holat", "Состояние", "Status"),
         confirm_delete: w(

@@ -59,13 +59,13 @@
     return (r.data && r.data.error && r.data.error.message) || (T.error + ' ' + r.status);
   }
 
-  // The URL of the live WebSocket. Prefers a short-lived ticket (POST /auth/ws-ticket);
-  // falls back to the token where the daemon has no tickets yet.
+  // The URL of the live WebSocket: a single-use, short-lived ticket (POST /auth/ws-ticket),
+  // never the token.
   async function liveUrl(query) {
     const base = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws?';
-    const r = await api('/auth/ws-ticket', { method: 'POST', json: {} }).catch(() => null);
-    if (r && r.ok && r.data && r.data.ticket) return base + 'ticket=' + encodeURIComponent(r.data.ticket) + query;
-    return base + 'token=' + encodeURIComponent(token()) + query;
+    const r = await api('/auth/ws-ticket', { method: 'POST' });
+    if (!r.ok || !r.data || !r.data.ticket) throw new Error('no ticket: ' + r.status);
+    return base + 'ticket=' + encodeURIComponent(r.data.ticket) + query;
   }
 
   // A WebSocket to /ws that reconnects by itself (1 s doubling to 15 s); `onMessage` gets
@@ -496,6 +496,7 @@
     body.dataset.role = role;
     showAdmin();
     ({ dashboard: dashboardPage, extensions: extensionsPage, live: livePage, history: historyPage })[page]();
+    body.dataset.readyMs = String(Math.round(performance.now()));
     body.dataset.ready = '1';
   }
   start().catch((e) => console.error(e));
