@@ -256,6 +256,15 @@ async fn create_an_extension_see_its_password_once_and_its_provisioning_state() 
         "return document.getElementById('ext-dialog').open",
     )
     .await;
+    // Every control has a label, and the API's field names.
+    let unlabelled = ui
+        .js("return Array.from(document.querySelectorAll('input, select')).filter(i => !i.labels.length).map(i => i.name)")
+        .await;
+    assert_eq!(unlabelled, json!([]));
+    let names = ui
+        .js("return ['extension','password','displayName','context','transport','codecs','maxContacts','enabled'].filter(n => !document.querySelector('#ext-form [name=' + n + ']'))")
+        .await;
+    assert_eq!(names, json!([]));
     ui.type_into("#ext-form input[name=extension]", "1001")
         .await;
     ui.type_into("#ext-form input[name=displayName]", "Aziza O'ktam & Co")
@@ -375,6 +384,14 @@ async fn a_viewer_sees_no_edit_controls() {
         .await;
     assert_eq!(v, json!([true, 0, 1, "viewer"]));
     ui.shot("viewer").await;
+    // On a phone: nothing wider than the screen (tables scroll in their own box).
+    ui.c.set_window_size(390, 844).await.unwrap();
+    ui.until(
+        "the phone layout",
+        "return window.innerWidth <= 400 && document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    ui.shot("viewer-phone").await;
     ui.close().await;
     s.running.shutdown().await;
 }

@@ -94,8 +94,9 @@
   }
   function fmtDur(s) {
     s = Math.max(0, Math.floor(s || 0));
-    const m = Math.floor(s / 60), r = s % 60;
-    return m + ':' + (r < 10 ? '0' : '') + r;
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const two = (n) => (n < 10 ? '0' : '') + n;
+    return h ? h + ':' + two(m) + ':' + two(r) : m + ':' + two(r);
   }
   function closeDialogs() {
     document.querySelectorAll('.close-dialog').forEach((b) => b.addEventListener('click', () => b.closest('dialog').close()));
@@ -311,10 +312,11 @@
     const ended = []; // callIds, newest first
     const KEEP_ENDED = 10;
     function isOver(c) { return c.state === 'ended' || c.state === 'missed'; }
-    function upsert(d) {
+    // `fresh`: a live event (the call was answered just now); else a snapshot, whose
+    // billsec counts the talk so far.
+    function upsert(d, fresh) {
       const c = Object.assign(calls.get(d.callId) || {}, d);
-      c.seenAt = Date.now();
-      if (c.state === 'connected' && c.timerBase === undefined) c.timerBase = Date.now() - 1000 * (d.billsec || 0);
+      if (c.state === 'connected' && c.timerBase === undefined) c.timerBase = Date.now() - (fresh ? 0 : 1000 * (d.billsec || 0));
       calls.set(d.callId, c);
       if (isOver(c)) {
         const i = ended.indexOf(c.callId);
@@ -352,9 +354,9 @@
     live('', (m) => {
       if (m.event === 'snapshot') {
         for (const [id, c] of calls) if (!isOver(c)) calls.delete(id);
-        for (const c of m.data.calls || []) upsert(c);
+        for (const c of m.data.calls || []) upsert(c, false);
       } else if (m.event === 'incoming_call' || m.event === 'call_status') {
-        upsert(m.data);
+        upsert(m.data, true);
       } else return;
       render();
     }, (up) => {
