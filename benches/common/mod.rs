@@ -9,6 +9,10 @@ use pbxbridge::db::Db;
 #[path = "../../tests/it/fake_ari.rs"]
 pub mod fake_ari;
 
+/// Headless Chromium through chromedriver, shared with the console's tests.
+#[path = "../../tests/it/browser.rs"]
+pub mod browser;
+
 /// The first line of a benchmark's output: `machine: N cores; YYYY-MM-DD HH:MM UTC`.
 pub fn machine() -> String {
     format!(

@@ -1,8 +1,10 @@
 //! The provisioner: one owned task that turns database changes into Asterisk config.
 //!
 //! After a change is committed the API calls [`Provisioner::changed`] (or
-//! [`Provisioner::deleted`]). The task waits until changes stop for [`COALESCE`] (at most
-//! [`COALESCE_MAX`]), then runs one pass: render every row, write the include file
+//! [`Provisioner::deleted`]). The first change of a quiet period (no pass for [`COALESCE`])
+//! goes at once, so a single change made in the console is loaded without delay; changes
+//! that follow while a pass runs or just after it are coalesced: the task waits until they
+//! stop for [`COALESCE`] (at most [`COALESCE_MAX`]). Then it runs one pass: render every row, write the include file
 //! atomically (skipped when unchanged), reload res_pjsip only (ARI or AMI, `RELOAD_VIA`),
 //! verify with Asterisk (created/updated endpoints known; deleted or disabled ones gone,
 //! checked through AMI because ARI keeps listing removed endpoints), and record the outcome
@@ -29,7 +31,8 @@ use crate::ari::{AriClient, AriError};
 use crate::config::{ReloadVia, Settings};
 use crate::db::{Db, DbError};
 
-/// Quiet time that ends a burst of changes.
+/// Quiet time that ends a burst of changes (and, since the last pass, makes the next change
+/// go at once).
 pub const COALESCE: Duration = Duration::from_millis(300);
 /// Longest a burst may delay a pass.
 pub const COALESCE_MAX: Duration = Duration::from_secs(2);
@@ -200,14 +203,17 @@ impl Provisioner {
         };
         let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
         let mut initial = true;
+        // When the last pass ended: a change within COALESCE of it belongs to a burst.
+        let mut last_pass: Option<tokio::time::Instant> = None;
         loop {
             let woke = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => true,
                 _ = sleep_until_opt(retry_at) => false,
             };
-            if woke {
-                // Coalesce: wait until the changes stop for COALESCE, at most COALESCE_MAX.
+            let quiet = last_pass.is_none_or(|t| t.elapsed() >= COALESCE);
+            if woke && !quiet {
+                // A burst: wait until the changes stop for COALESCE, at most COALESCE_MAX.
                 let deadline = tokio::time::Instant::now() + COALESCE_MAX;
                 loop {
                     tokio::select! {
@@ -223,6 +229,7 @@ impl Provisioner {
                 r = self.pass(&mut st, initial) => r,
             };
             initial = false;
+            last_pass = Some(tokio::time::Instant::now());
             retry_at = match outcome {
                 Ok(()) => {
                     st.failures = 0;

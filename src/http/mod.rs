@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod calls;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod extensions;
@@ -198,6 +199,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .merge(health::router())
+        .merge(console::router())
         .merge(users::public_router())
         .merge(openapi::docs_router())
         .merge(protected)

@@ -1,11 +1,13 @@
 //! Integration tests: one binary (faster to link), one module per area.
 
 mod ami;
+mod browser;
 mod calls_api;
 mod calls_e2e;
 mod cel;
 mod check;
 mod cli;
+mod console;
 mod control;
 mod deploy;
 mod extensions;

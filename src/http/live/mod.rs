@@ -61,10 +61,22 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Err(403) when the request comes from a browser origin not in `CORS_ORIGINS` (`*` allows any).
+/// The daemon's own origin (the console it serves: `Origin` naming the request's `Host`) is
+/// always allowed.
 pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
         return Ok(());
     };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let same_origin = host.is_some_and(|h| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(h))
+    });
+    if same_origin {
+        return Ok(());
+    }
     let allowed = &state.settings.auth.cors_origins.0;
     if allowed
         .iter()
