@@ -11,7 +11,7 @@
 //! - `POST /kavkom/calls` `{"extension", "number"}` (admin): click-to-call, sent once (never
 //!   retried): `202 {"ok": true, "message", "reference", "extension", "number"}`
 //!   (`reference` is Kavkom's id of the call, or null); when Kavkom does not answer in time,
-//!   `504 {"error": {"code": "upstream_timeout", "message": "... may have been placed ..."}}`
+//!   `504 {"error": {"code": "upstream_error", "message": "... may have been placed ..."}}`
 //!   (check before calling again).
 //!
 //! Without `KAVKOM_API_TOKEN` every route answers 503; without `KAVKOM_DOMAIN_UUID`, 503
@@ -179,7 +179,7 @@ async fn click_to_call(
         Err(e @ KavkomError::Timeout { .. }) => {
             tracing::warn!(%extension, %number, by = %principal.name, "Kavkom click-to-call: no answer in time ({e}); the call may have been placed");
             let body = json!({ "error": {
-                "code": "upstream_timeout",
+                "code": "upstream_error",
                 "message": format!("Kavkom did not answer in time: the call may have been placed; check before calling again ({e})"),
             }});
             return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());

@@ -250,6 +250,17 @@ async fn docs_asset(Path(asset): Path<String>) -> Response {
         ops::kavkom_sync,
         ops::kavkom_click_to_call,
         ops::kavkom_recording,
+        ops::ws_ticket,
+        ops::originate,
+        ops::hangup,
+        ops::hold,
+        ops::unhold,
+        ops::transfer,
+        ops::record,
+        ops::call_recording,
+        ops::delete_call_recording,
+        ops::call_actions,
+        ops::metrics,
         ops::openapi_document,
         ops::docs,
         ops::docs_file,
@@ -292,9 +303,15 @@ async fn docs_asset(Path(asset): Path<String>) -> Response {
         KerioVerify,
         SyncReport,
         KavkomVerify,
-        KavkomSync,
         ClickToCall,
         ClickToCallResult,
+        WsTicket,
+        OriginateRequest,
+        OriginateAccepted,
+        TransferRequest,
+        RecordRequest,
+        CallAction,
+        CallActions,
     )),
     tags(
         (name = "health", description = "Liveness and state of the daemon"),
@@ -304,6 +321,8 @@ async fn docs_asset(Path(asset): Path<String>) -> Response {
         (name = "extensions", description = "SIP extensions provisioned into Asterisk (PJSIP)"),
         (name = "kerio", description = "Kerio Operator adapter"),
         (name = "kavkom", description = "Kavkom adapter"),
+        (name = "control", description = "Call control and recordings of Asterisk calls, over ARI"),
+        (name = "metrics", description = "Prometheus metrics"),
         (name = "docs", description = "This document and its viewer"),
     )
 )]
@@ -686,15 +705,6 @@ pub struct KavkomVerify {
     pub api_url: String,
 }
 
-/// `POST /kavkom/sync`.
-#[derive(Serialize, ToSchema)]
-pub struct KavkomSync {
-    /// Always true.
-    pub ok: bool,
-    /// What the run did.
-    pub report: SyncReport,
-}
-
 /// `POST /kavkom/calls` body. Numbers may be strings or JSON numbers; spaces, `-`, `(`, `)`
 /// and `.` are dropped; then at most 32 of digits, `*`, `#` and a leading `+`.
 #[derive(Serialize, ToSchema)]
@@ -714,10 +724,96 @@ pub struct ClickToCallResult {
     pub ok: bool,
     /// Kavkom's message.
     pub message: Value,
+    /// Kavkom's reference of the call, when it gives one.
+    pub reference: Option<String>,
     /// The extension, cleaned.
     pub extension: String,
     /// The number, cleaned.
     pub number: String,
+}
+
+/// `POST /auth/ws-ticket` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WsTicket {
+    /// Opaque single-use ticket for `/ws?ticket=` or `/events?ticket=`.
+    pub ticket: String,
+    /// Seconds the ticket stays valid (30).
+    pub expires_in_seconds: u64,
+}
+
+/// `POST /calls/originate` body (click-to-call on Asterisk).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginateRequest {
+    /// The agent's extension (PJSIP endpoint), rung first.
+    pub extension: String,
+    /// The number dialled once the agent answers: digits, optional leading `+`, `*`, `#`.
+    pub number: String,
+    /// Caller ID shown on the agent's phone (default: the number).
+    pub caller_id: Option<String>,
+    /// Record the call once answered.
+    pub record: Option<bool>,
+}
+
+/// `POST /calls/originate` answer (202).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginateAccepted {
+    /// The call record's id.
+    pub call_id: String,
+    /// The ARI channel id of the agent's leg.
+    pub channel_id: String,
+    /// The extension rung.
+    pub extension: String,
+    /// The number to dial.
+    pub number: String,
+    /// Whether the call is recorded once answered.
+    pub record: bool,
+}
+
+/// `POST /calls/{id}/transfer` body.
+#[derive(Serialize, ToSchema)]
+pub struct TransferRequest {
+    /// Extension or number to transfer to.
+    pub to: String,
+    /// `blind` or `attended`.
+    #[schema(pattern = "^(blind|attended)$")]
+    pub mode: String,
+}
+
+/// `POST /calls/{id}/record` body.
+#[derive(Serialize, ToSchema)]
+pub struct RecordRequest {
+    /// `start` or `stop`.
+    #[schema(pattern = "^(start|stop)$")]
+    pub action: String,
+}
+
+/// One logged call-control action.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallAction {
+    /// The call record's id.
+    pub call_id: String,
+    /// Who: a user name, `token`, or `auto`.
+    pub actor: String,
+    /// What: `originate`, `hangup`, `hold`, `unhold`, `transfer-blind`, `transfer-attended`,
+    /// `record-start`, `record-stop`, `recording-delete`.
+    pub action: String,
+    /// Parameters (number, transfer target).
+    pub detail: Option<String>,
+    /// `ok`, or the error.
+    pub outcome: String,
+    /// When (UTC, ISO 8601).
+    pub at: String,
+}
+
+/// `GET /calls/{id}/actions` answer.
+#[derive(Serialize, ToSchema)]
+pub struct CallActions {
+    /// Oldest first.
+    pub items: Vec<CallAction>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -726,6 +822,155 @@ pub struct ClickToCallResult {
 #[allow(dead_code)]
 mod ops {
     use super::*;
+
+    /// A single-use WebSocket ticket
+    ///
+    /// For a browser's live connection: `/ws?ticket=` or `/events?ticket=` accepts it once,
+    /// within 30 s, so that no token lands in a URL.
+    #[utoipa::path(post, path = "/auth/ws-ticket", tag = "auth", responses(
+        (status = 200, description = "The ticket", body = WsTicket),
+        (status = 503, description = "Too many outstanding tickets (`unavailable`)", body = ErrorBody),
+    ))]
+    fn ws_ticket() {}
+
+    /// Click-to-call on Asterisk (admin)
+    ///
+    /// Rings the agent's PJSIP endpoint, then dials the number through the dialplan when the
+    /// agent answers. Answers at once; the call shows in the records and live events.
+    #[utoipa::path(post, path = "/calls/originate", tag = "control", request_body = OriginateRequest,
+        responses(
+            (status = 202, description = "The agent's phone is ringing", body = OriginateAccepted),
+            (status = 400, description = "The body is not JSON (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 409, description = "The extension is unknown or not registered (`conflict`, `field`: `extension`)", body = ErrorBody),
+            (status = 422, description = "`extension` or `number` missing or malformed (`invalid`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn originate() {}
+
+    /// Hang up a call (admin)
+    #[utoipa::path(post, path = "/calls/{id}/hangup", tag = "control",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call as stored now", body = CallJson),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+            (status = 409, description = "Asterisk refused, or the call is over (`conflict`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn hangup() {}
+
+    /// Put the customer on hold (admin)
+    #[utoipa::path(post, path = "/calls/{id}/hold", tag = "control",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call as stored now", body = CallJson),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+            (status = 409, description = "Asterisk refused (e.g. the channel is not in a Stasis application) (`conflict`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn hold() {}
+
+    /// Take the customer off hold (admin)
+    #[utoipa::path(post, path = "/calls/{id}/unhold", tag = "control",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call as stored now", body = CallJson),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+            (status = 409, description = "Asterisk refused (`conflict`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn unhold() {}
+
+    /// Transfer a call, blind or attended (admin)
+    #[utoipa::path(post, path = "/calls/{id}/transfer", tag = "control", request_body = TransferRequest,
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call as stored now", body = CallJson),
+            (status = 400, description = "`id` is not a UUID, or the body is not JSON (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+            (status = 409, description = "Asterisk refused (`conflict`)", body = ErrorBody),
+            (status = 422, description = "`to` or `mode` missing or malformed (`invalid`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn transfer() {}
+
+    /// Start or stop recording a call (admin)
+    #[utoipa::path(post, path = "/calls/{id}/record", tag = "control", request_body = RecordRequest,
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "The call as stored now (`recordingPath` set on start)", body = CallJson),
+            (status = 400, description = "`id` is not a UUID, or the body is not JSON (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
+            (status = 409, description = "Already recording, not recording, or Asterisk refused (`conflict`)", body = ErrorBody),
+            (status = 422, description = "`action` missing or not `start`/`stop` (`invalid`)", body = ErrorBody),
+            (status = 502, description = "ARI failed or timed out (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn record() {}
+
+    /// Recording of an Asterisk call
+    ///
+    /// From `ASTERISK_RECORDING_DIR`, or fetched with ARI `GET /recordings/stored/{name}/file`
+    /// into the cache; `Range` requests get 206.
+    #[utoipa::path(get, path = "/calls/{id}/recording", tag = "control",
+        params(
+            ("id" = String, Path, format = Uuid, description = "Call record id"),
+            ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-`"),
+        ),
+        responses(
+            (status = 200, description = "The audio", content(("audio/*"), ("application/octet-stream"))),
+            (status = 206, description = "The requested range", content(("audio/*"), ("application/octet-stream"))),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 404, description = "No such call, or it has no recording (`not_found`)", body = ErrorBody),
+            (status = 416, description = "The range is outside the file"),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn call_recording() {}
+
+    /// Delete the recording of an Asterisk call (admin)
+    #[utoipa::path(delete, path = "/calls/{id}/recording", tag = "control",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 204, description = "Deleted on Asterisk and in the cache; `recordingPath` cleared"),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+            (status = 404, description = "No such call, or it has no recording (`not_found`)", body = ErrorBody),
+            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
+        ))]
+    fn delete_call_recording() {}
+
+    /// Call-control actions on a call (admin)
+    #[utoipa::path(get, path = "/calls/{id}/actions", tag = "control",
+        params(("id" = String, Path, format = Uuid, description = "Call record id")),
+        responses(
+            (status = 200, description = "Who did what to the call, oldest first", body = CallActions),
+            (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
+            (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
+        ))]
+    fn call_actions() {}
+
+    /// Prometheus metrics
+    ///
+    /// Text exposition format 0.0.4. Also served without a token on `METRICS_LISTEN` when set.
+    #[utoipa::path(get, path = "/metrics", tag = "metrics", responses(
+        (status = 200, description = "The metrics", content(("text/plain"))),
+    ))]
+    fn metrics() {}
 
     /// Health of the daemon
     ///
@@ -1036,7 +1281,7 @@ mod ops {
     #[utoipa::path(post, path = "/kavkom/sync", tag = "kavkom",
         params(SyncParams),
         responses(
-            (status = 200, description = "What the run did", body = KavkomSync),
+            (status = 200, description = "What the run did", body = SyncReport),
             (status = 400, description = "A date is malformed, or `endDate` is before `startDate` (`bad_request`)", body = ErrorBody),
             (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
             (status = 409, description = "A Kavkom sync is already running (`conflict`)", body = ErrorBody),
@@ -1051,7 +1296,8 @@ mod ops {
     /// Rings the agent's extension, then calls the number.
     #[utoipa::path(post, path = "/kavkom/calls", tag = "kavkom", request_body = ClickToCall,
         responses(
-            (status = 200, description = "The call was placed", body = ClickToCallResult),
+            (status = 202, description = "Kavkom accepted the call (sent once, never retried)", body = ClickToCallResult),
+            (status = 504, description = "Kavkom did not answer in time: the call may have been placed (`upstream_error`)", body = ErrorBody),
             (status = 400, description = "The body is not JSON (`bad_request`, `field`: `body`)", body = ErrorBody),
             (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
             (status = 422, description = "`extension` or `number` missing or not a phone number (`invalid`)", body = ErrorBody),
