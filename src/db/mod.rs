@@ -6,7 +6,7 @@
 //!
 //! Portable types: ids are UUID strings, times are `TEXT` in the fixed UTC format
 //! `YYYY-MM-DDTHH:MM:SS.mmmZ` (see [`format_time`]), so that they sort and compare as text;
-//! integers are 64-bit; booleans are `BOOLEAN` in PostgreSQL and `INTEGER` 0/1 in SQLite
+//! integers are 64-bit; booleans (every table) are `BOOLEAN` in PostgreSQL and `INTEGER` 0/1 in SQLite
 //! (the `Any` driver cannot decode SQLite's BOOLEAN): bind a `bool`, read with [`get_bool`].
 //!
 //! Features keep their own queries in their `store.rs`; this module never reaches up into them.

@@ -8,11 +8,11 @@ use sqlx::any::AnyRow;
 
 use super::model::{Extension, ProvState, Provisioning};
 use crate::config::Secret;
-use crate::db::{Db, DbError, format_time, parse_time};
+use crate::db::{Db, DbError, format_time, get_bool, parse_time};
 
-// `enabled` is read as 0/1: sqlx's Any driver cannot decode SQLite's BOOLEAN column type.
+// `enabled` follows the one boolean convention (see `crate::db`): read with `get_bool`.
 const COLUMNS: &str = "id, extension, display_name, context, transport, codecs, max_contacts, \
-    CASE WHEN enabled THEN 1 ELSE 0 END AS enabled, realm, \
+    enabled, realm, \
     password_digest, revision, prov_state, prov_applied_at, prov_error, created_at, updated_at";
 
 const ORDER: &str = " ORDER BY LENGTH(extension), extension";
@@ -177,7 +177,7 @@ fn from_row(row: &AnyRow) -> Result<Extension, DbError> {
             .map(str::to_string)
             .collect(),
         max_contacts: row.try_get("max_contacts")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        enabled: get_bool(row, "enabled")?,
         realm: row.try_get("realm")?,
         password_digest: Secret::new(row.try_get::<String, _>("password_digest")?),
         revision: row.try_get("revision")?,
