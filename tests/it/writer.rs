@@ -488,7 +488,11 @@ async fn writer_drains_what_was_queued_when_the_daemon_shuts_down() {
         ari.send(first.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while support::health(addr).await["pipeline"]["frames"].as_u64() != Some(1) {
-            assert!(Instant::now() < deadline, "{}: pipeline started", db.backend);
+            assert!(
+                Instant::now() < deadline,
+                "{}: pipeline started",
+                db.backend
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         outage.down().await;
