@@ -233,8 +233,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Retention of call records (RETENTION_DAYS; 0 keeps everything).
     if settings.core.retention_days > 0 {
         let (db, days) = (db.clone(), settings.core.retention_days);
+        // Recordings of Asterisk calls go with their records.
+        let hook: Arc<dyn crate::calls::retention::BeforePurge> = control.clone();
         supervisor.register(TaskSpec::new("retention"), move |a: Attempt| {
-            crate::calls::retention::run(db.clone(), days, crate::calls::retention::EVERY, a.cancel)
+            crate::calls::retention::run(
+                db.clone(),
+                days,
+                crate::calls::retention::EVERY,
+                Some(hook.clone()),
+                a.cancel,
+            )
         });
     }
 

@@ -2,7 +2,9 @@
 //! than that many days ago (calls still live are kept whatever their age). Runs under the
 //! supervisor as task `retention` (so `/health` shows it), once at start and then every
 //! [`EVERY`]; each run logs one line (`Retention: purged N call record(s) ...`) and counts
-//! `pbxbridge_calls_purged_total`. Not started when `RETENTION_DAYS` is 0.
+//! `pbxbridge_calls_purged_total`. Not started when `RETENTION_DAYS` is 0. What must go with
+//! a record (the recording of an Asterisk call) goes first, through a [`BeforePurge`] hook
+//! given by the wiring (call control implements it), so this module needs no other.
 
 use std::time::Duration;
 
@@ -11,6 +13,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::store;
 use crate::db::{Db, DbError};
+
+/// Work to do on the records a run is about to purge, before they go (e.g. delete their
+/// recordings). Failures are the implementer's to log; they never stop the purge.
+pub trait BeforePurge: Send + Sync {
+    /// Called with the run's cutoff: the finished records that started before it go next.
+    fn before_purge(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
 
 /// Time between two runs: one day.
 pub const EVERY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -27,11 +39,19 @@ pub fn cutoff(now: DateTime<Utc>, days: u32) -> Option<DateTime<Utc>> {
 ///
 /// Errors: the database refused the delete (the task fails, and the supervisor retries it
 /// with backoff).
-pub async fn purge_once(db: &Db, days: u32, now: DateTime<Utc>) -> Result<u64, DbError> {
+pub async fn purge_once(
+    db: &Db,
+    days: u32,
+    now: DateTime<Utc>,
+    hook: Option<&dyn BeforePurge>,
+) -> Result<u64, DbError> {
     let Some(cutoff) = cutoff(now, days) else {
         return Ok(0);
     };
     let started = std::time::Instant::now();
+    if let Some(hook) = hook {
+        hook.before_purge(cutoff).await;
+    }
     let n = store::purge_before(db, cutoff).await?;
     metrics::counter!("pbxbridge_calls_purged_total").increment(n);
     tracing::info!(
@@ -44,11 +64,13 @@ pub async fn purge_once(db: &Db, days: u32, now: DateTime<Utc>) -> Result<u64, D
     Ok(n)
 }
 
-/// The task: a run now, then one every `every`, until `cancel`.
+/// The task: a run now, then one every `every`, until `cancel`; `hook` runs before each
+/// purge.
 pub async fn run(
     db: Db,
     days: u32,
     every: Duration,
+    hook: Option<std::sync::Arc<dyn BeforePurge>>,
     cancel: CancellationToken,
 ) -> Result<(), DbError> {
     let mut tick = tokio::time::interval(every);
@@ -58,6 +80,6 @@ pub async fn run(
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        purge_once(&db, days, Utc::now()).await?;
+        purge_once(&db, days, Utc::now(), hook.as_deref()).await?;
     }
 }

@@ -584,6 +584,55 @@ impl Control {
     }
 }
 
+/// `RETENTION_DAYS`: before the old records go, their Asterisk recordings are deleted (on
+/// Asterisk and in the cache, logged as `recording-delete` by `retention`). A recording that
+/// cannot be deleted is logged and left; the record is purged anyway.
+impl crate::calls::retention::BeforePurge for Control {
+    fn before_purge(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            const BATCH: i64 = 500;
+            let mut deleted = 0u64;
+            loop {
+                let ids = match store::recorded_before(&self.db, cutoff, BATCH).await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!("Retention: could not list old recordings: {e}");
+                        return;
+                    }
+                };
+                let mut progressed = false;
+                for id in &ids {
+                    let Ok(Some(call)) = crate::calls::store::get(&self.db, id).await else {
+                        continue;
+                    };
+                    match self.delete_recording("retention", &call).await {
+                        Ok(()) => {
+                            deleted = deleted.saturating_add(1);
+                            progressed = true;
+                        }
+                        Err(e) => tracing::warn!(
+                            call = %id,
+                            "Retention: recording of call {id} not deleted: {e}"
+                        ),
+                    }
+                }
+                if ids.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) || !progressed {
+                    break;
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(
+                    deleted,
+                    "Retention: deleted {deleted} recording(s) of old calls"
+                );
+            }
+        })
+    }
+}
+
 /// The ARI recording name and file name of an Asterisk call's recording, checked: only
 /// `[A-Za-z0-9._-]`, one dot before the extension (never a path).
 fn recording_of(call: &CallRecord) -> Result<(&str, &str), ControlError> {

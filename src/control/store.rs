@@ -2,11 +2,31 @@
 //! when it is deleted; the call writer never erases it) and the action log
 //! (`call_actions`: who did what to which call). One SQL text per query for both backends.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError, format_time};
+
+/// Ids of the finished Asterisk calls that started before `cutoff` and have a recording
+/// (what `RETENTION_DAYS` is about to purge), at most `limit`.
+pub async fn recorded_before(
+    db: &Db,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id FROM calls WHERE source = 'asterisk' AND recording_path IS NOT NULL \
+         AND start_time < $1 AND state NOT IN ('ringing', 'connected') ORDER BY start_time LIMIT $2",
+    )
+    .bind(format_time(&cutoff))
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("id").map_err(DbError::from))
+        .collect()
+}
 
 /// Sets (or with `None` clears) the `recording_path` of the call whose record id is `call`.
 /// Returns false when no such call is stored.

@@ -595,3 +595,65 @@ async fn record_calls_inbound_records_an_answered_call_automatically() {
     assert_eq!(actions["items"][0]["action"], "record-start");
     running.shutdown().await;
 }
+
+/// `RETENTION_DAYS`: an old call's Asterisk recording is deleted (on Asterisk, logged as
+/// `recording-delete` by `retention`) before its record is purged; a recent one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_recordings_of_purged_calls() {
+    for db in support::both().await {
+        let now = chrono::Utc::now();
+        let old_name = format!("pbxbridge-{}", uuid::Uuid::new_v4().simple());
+        let new_name = format!("pbxbridge-{}", uuid::Uuid::new_v4().simple());
+        let mut records = Vec::new();
+        for (uniqueid, start, name) in [
+            ("1700000000.1", now - chrono::Duration::days(40), &old_name),
+            ("1700000000.2", now - chrono::Duration::days(1), &new_name),
+        ] {
+            let mut r = CallRecord::new(Source::Asterisk, uniqueid, Direction::Inbound, start);
+            r.end_time = Some(start + chrono::Duration::seconds(30));
+            r.state = CallState::Ended;
+            r.recording_path = Some(format!("{name}.wav"));
+            records.push(r);
+        }
+        store::upsert_many(&db.db, &records).await.unwrap();
+        let (old_id, new_id) = (records[0].id, records[1].id);
+
+        let fake = fake_ari::control().await;
+        let running = support::daemon_at(
+            &db,
+            &fake.url,
+            &["--api-tokens", TOKEN, "--retention-days", "30"],
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while store::get(&db.db, &old_id.to_string())
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: old call purged",
+                db.backend
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = fake.take_log();
+        assert!(
+            log.contains(&format!("DELETE /ari/recordings/stored/{old_name}")),
+            "{}: {log:?}",
+            db.backend
+        );
+        assert!(
+            !log.iter().any(|l| l.contains(&new_name)),
+            "{}: {log:?}",
+            db.backend
+        );
+        let kept = store::get(&db.db, &new_id.to_string()).await.unwrap();
+        assert_eq!(
+            kept.and_then(|r| r.recording_path),
+            Some(format!("{new_name}.wav"))
+        );
+        running.shutdown().await;
+    }
+}
