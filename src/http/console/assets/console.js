@@ -398,7 +398,7 @@
       for (const c of r.data.items) {
         const label = c.status ? T.statuses[c.status] : T.states[c.state];
         const rec = el('td', {});
-        if (c.recordingPath && c.source === 'kavkom') {
+        if (c.recordingPath && recordingUrl(c)) {
           rec.append(el('button', { type: 'button', text: T.play, onclick: () => play(c) }));
         }
         rows.append(el('tr', { 'data-call-id': c.callId },
@@ -412,8 +412,17 @@
       $('history-next').disabled = end >= total;
       body.dataset.historyTotal = String(total);
     }
+    // Where a call's recording is served: Asterisk recordings by record id, hosted-PBX ones
+    // by the provider's call id.
+    function recordingUrl(c) {
+      if (c.source === 'asterisk') return '/calls/' + encodeURIComponent(c.id) + '/recording';
+      if (c.source === 'kavkom' || c.source === 'kerio') {
+        return '/' + c.source + '/calls/' + encodeURIComponent(c.callId) + '/recording';
+      }
+      return null;
+    }
     async function play(c) {
-      const r = await api('/kavkom/calls/' + encodeURIComponent(c.callId) + '/recording', { raw: true, headers: { Accept: 'audio/*' } });
+      const r = await api(recordingUrl(c), { raw: true, headers: { Accept: 'audio/*' } });
       if (!r.ok) { toast(T.error + ' ' + r.status); return; }
       const player = $('history-player');
       if (player.src) URL.revokeObjectURL(player.src);
