@@ -36,17 +36,11 @@ pub const PENDING_LOW: &str = "kerio:history:low";
 
 /// Fields asked of `CallHistory.get`: the call's own `ID`, and every field that tells two
 /// calls apart (the fallback id when no `ID` comes, see [`map::history_call_id`]).
-pub const HISTORY_FIELDS: [&str; 9] = [
-    "ID",
-    "TIMESTAMP",
-    "FROM_NUM",
-    "FROM_NAME",
-    "TO_NUM",
-    "TO_NAME",
-    "CALL_DURATION",
-    "ANSWERED_DURATION",
-    "STATUS",
-];
+pub fn history_fields() -> Vec<&'static str> {
+    std::iter::once("ID")
+        .chain(map::DISTINGUISHING_FIELDS)
+        .collect()
+}
 
 /// What to sync. All `None`: a scheduled run from the watermark.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,7 +270,7 @@ impl Run<'_> {
             );
         }
         let params = json!({"query": {
-            "fields": HISTORY_FIELDS,
+            "fields": history_fields(),
             "conditions": conditions,
             "combining": "And",
             "orderBy": [{"columnName": "TIMESTAMP", "direction": "Desc"}],
