@@ -107,7 +107,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ami
     });
     let provisioner = Arc::new(
-        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami)
+        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami.clone())
             .context("extensions provisioning")?,
     );
     let known = agents.clone();
@@ -166,6 +166,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Call control: the Stasis channels it owns are diverted to it from the hand-back.
     let control = Arc::new(crate::control::Control::new(
         client.clone(),
+        ami,
         db.clone(),
         agents.clone(),
         settings.control.clone(),

@@ -13,9 +13,13 @@
 //! through the Stasis hand-back's [`crate::ari::stasis::Divert`] instead of being continued.
 //!
 //! ARI only lets an application hold, continue or bridge a channel that is in its Stasis
-//! application (`409 Channel not in a Stasis application` otherwise, relayed as such):
-//! hangup and recording work on every call; hold and transfer on channels under Stasis
-//! control.
+//! application, and pbxbridge hands every dialplan channel back at once: hangup and
+//! recording work on every call over ARI; a transfer of a call whose customer leg is in our
+//! application runs over ARI, any other transfer is one AMI action on the agent's channel
+//! (`BlindTransfer` / `Atxfer`, through [`crate::ami::AmiClient`]; refused with a 409 naming
+//! `AMI_USERNAME` when AMI is not configured). Hold/unhold need the customer's channel in
+//! our application (AMI has no hold for an arbitrary channel): otherwise a clear 409. The
+//! route is decided up front from `GET /channels` ([`plan::route`]), never by trying.
 
 pub mod plan;
 pub mod store;
@@ -31,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::ami::{AmiClient, AmiError, Message};
 use crate::ari::stasis::StasisEntry;
 use crate::ari::{AriClient, AriError};
 use crate::calls::rules::AgentMatcher;
@@ -89,6 +94,10 @@ pub enum ControlError {
     /// ARI unreachable, credentials refused, 5xx, or a reply not understood.
     #[error(transparent)]
     Ari(AriError),
+    /// AMI unreachable, login refused, connection lost or the action timed out (an AMI
+    /// `Response: Error` is [`ControlError::Refused`]).
+    #[error(transparent)]
+    Ami(AmiError),
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -109,6 +118,8 @@ pub struct Originated {
 /// Call control for one Asterisk. Cheap to share (`Arc`).
 pub struct Control {
     client: AriClient,
+    /// AMI (when AMI_USERNAME is set): transfers of calls outside our Stasis application.
+    ami: Option<AmiClient>,
     db: Db,
     agents: AgentMatcher,
     settings: ControlSettings,
@@ -132,10 +143,13 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    /// Call control through `client`, recording into `db`; `cache_dir` holds recordings
+    /// Call control through `client` (and `ami` for transfers of calls outside our Stasis
+    /// application, when configured), recording into `db`; `cache_dir` holds recordings
     /// fetched over ARI, evicted down to `cache_max_bytes` (0 = no limit).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: AriClient,
+        ami: Option<AmiClient>,
         db: Db,
         agents: AgentMatcher,
         settings: ControlSettings,
@@ -144,6 +158,7 @@ impl Control {
     ) -> Self {
         Control {
             client,
+            ami,
             db,
             agents,
             settings,
@@ -160,10 +175,49 @@ impl Control {
         &self.settings
     }
 
+    /// Sends one AMI action (never retried: a transfer is not idempotent). `Response: Error`
+    /// becomes [`ControlError::Refused`] (409) with Asterisk's message.
+    async fn exec_ami(&self, op: &Op, action: Message) -> Result<(), ControlError> {
+        let Some(ami) = &self.ami else {
+            return Err(ControlError::Plan(PlanError::NotInStasis));
+        };
+        match ami.checked(action).await {
+            Ok(_) => Ok(()),
+            Err(AmiError::Failed { message, .. }) => Err(ControlError::Refused {
+                op: op.name(),
+                status: 409,
+                message,
+            }),
+            Err(e) => Err(ControlError::Ami(e)),
+        }
+    }
+
     /// Sends one request. A 404 on a hangup is success (the channel is gone already).
     async fn exec(&self, op: &Op) -> Result<(), ControlError> {
         let c = &self.client;
         let r = match op {
+            Op::AmiBlindTransfer {
+                channel,
+                context,
+                exten,
+            } => {
+                let action = Message::action("BlindTransfer")
+                    .with("Channel", channel)
+                    .with("Context", context)
+                    .with("Exten", exten);
+                return self.exec_ami(op, action).await;
+            }
+            Op::AmiAtxfer {
+                channel,
+                context,
+                exten,
+            } => {
+                let action = Message::action("Atxfer")
+                    .with("Channel", channel)
+                    .with("Exten", exten)
+                    .with("Context", context);
+                return self.exec_ami(op, action).await;
+            }
             Op::Originate {
                 channel_id,
                 endpoint,
@@ -321,6 +375,7 @@ impl Control {
                 "",
                 call.id,
                 self.settings.recording_format,
+                self.ami.is_some(),
             )?;
             return match self.run_ops(&ops).await {
                 Err(ControlError::Gone {
@@ -331,7 +386,9 @@ impl Control {
             };
         }
         let channels = self.client.channels().await.map_err(ControlError::Ari)?;
-        let legs = plan::legs(&call.call_id, &channels, |r| self.agents.is_agent(r));
+        let legs = plan::legs(&call.call_id, &channels, self.client.app(), |r| {
+            self.agents.is_agent(r)
+        });
         let target = plan::new_channel_id();
         let ops = plan::plan(
             action,
@@ -340,6 +397,7 @@ impl Control {
             &target,
             call.id,
             self.settings.recording_format,
+            self.ami.is_some(),
         )?;
         if *action != Action::RecordStart {
             return self.run_ops(&ops).await;

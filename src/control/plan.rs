@@ -1,5 +1,5 @@
-//! The call-control state machine, without I/O: which ARI requests ([`Op`]) each action
-//! sends, in order, from what Asterisk reported (the call's channels from `GET /channels`,
+//! The call-control state machine, without I/O: which ARI requests or AMI actions ([`Op`])
+//! each action sends, in order, from what Asterisk reported (the call's channels from `GET /channels`,
 //! the endpoint from `GET /endpoints/PJSIP/{ext}`, a `StasisStart` of a channel pbxbridge
 //! put into its application). [`super::Control`] runs the plans through the ARI client.
 //!
@@ -13,6 +13,14 @@
 //! - `pbxbridge-transfer,<customer>,<agent>`: the target of an attended transfer, once it
 //!   answered: a mixing bridge joins it to the customer, who is taken off hold, and the
 //!   agent's leg is hung up.
+//!
+//! ARI can hold, continue or bridge only a channel in our own Stasis application (ARI
+//! channel `dialplan.app_name` = `Stasis`, `app_data` = `<app>[,args]`). pbxbridge hands
+//! every dialplan channel back at once, so an ordinary call's channels are not: a transfer
+//! of such a call is planned as one AMI action on the agent's channel (`BlindTransfer` /
+//! `Atxfer`, which work on any channel) when AMI is configured, else refused up front
+//! ([`PlanError::NotInStasis`]); hold/unhold of such a call is refused up front (AMI has no
+//! hold for an arbitrary channel).
 
 use uuid::Uuid;
 
@@ -36,7 +44,8 @@ pub fn claims(args: &[String]) -> bool {
     )
 }
 
-/// One ARI request.
+/// One ARI request (or, for transfers of calls outside our Stasis application, one AMI
+/// action).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// `POST /channels?endpoint&app&appArgs&callerId&timeout&channelId`.
@@ -111,6 +120,27 @@ pub enum Op {
         /// Channels.
         channels: Vec<String>,
     },
+    /// AMI `BlindTransfer` (`Channel`, `Context`, `Exten`): every channel bridged to
+    /// `channel` (the customer) is redirected to `exten@context`; the agent's leg ends.
+    AmiBlindTransfer {
+        /// The agent's channel name (e.g. `PJSIP/1001-00000003`), not its id.
+        channel: String,
+        /// Dialplan context (`CLICK_TO_CALL_CONTEXT`).
+        context: String,
+        /// Extension or number.
+        exten: String,
+    },
+    /// AMI `Atxfer` (`Channel`, `Exten`, `Context`): the agent's channel starts an attended
+    /// transfer (the customer is held while `exten@context` is dialled; when the agent
+    /// hangs up, the two are joined).
+    AmiAtxfer {
+        /// The agent's channel name (the transferer).
+        channel: String,
+        /// Dialplan context.
+        context: String,
+        /// Extension or number.
+        exten: String,
+    },
 }
 
 impl Op {
@@ -127,6 +157,8 @@ impl Op {
             Op::StopRecording { .. } => "stop recording",
             Op::CreateBridge { .. } => "create bridge",
             Op::AddToBridge { .. } => "add to bridge",
+            Op::AmiBlindTransfer { .. } => "AMI BlindTransfer",
+            Op::AmiAtxfer { .. } => "AMI Atxfer",
         }
     }
 
@@ -156,6 +188,21 @@ pub enum PlanError {
     /// The action needs the customer's (or caller's) leg and there is none.
     #[error("the call has no customer leg to {0}")]
     NoCustomerLeg(&'static str),
+    /// A transfer over AMI needs the agent's leg (the transferer) and there is none.
+    #[error("the call has no agent leg to transfer from")]
+    NoAgentLeg,
+    /// Hold/unhold of a channel that is not in pbxbridge's Stasis application.
+    #[error(
+        "{0} needs the customer's channel under pbxbridge's Stasis control (ARI), and this call \
+         is in the dialplan (Channel not in a Stasis application); use the phone's own hold button"
+    )]
+    HoldNeedsStasis(&'static str),
+    /// A transfer of a call outside our Stasis application, with AMI not configured.
+    #[error(
+        "transfer of a call that is not in pbxbridge's Stasis application needs AMI: set \
+         AMI_USERNAME and AMI_SECRET (Channel not in a Stasis application)"
+    )]
+    NotInStasis,
 }
 
 /// A call's channels on Asterisk, sorted out: the customer's leg (the party that is not an
@@ -166,14 +213,40 @@ pub struct Legs {
     pub customer: Option<String>,
     /// The agent's channel id (another channel than the customer's).
     pub agent: Option<String>,
+    /// The agent's channel name (ARI `name`, e.g. `PJSIP/1001-00000003`: what AMI takes).
+    pub agent_name: Option<String>,
+    /// True when the customer's channel is in our Stasis application (ARI can hold,
+    /// continue and bridge it).
+    pub customer_in_app: bool,
     /// Every channel of the call (customer first), snoop and Local channels left out.
     pub all: Vec<String>,
 }
 
+/// True when the ARI channel is in the Stasis application `app` (`dialplan.app_name` =
+/// `Stasis`, first argument of `app_data` = `app`).
+pub fn in_app(channel: &Channel, app: &str) -> bool {
+    channel
+        .dialplan
+        .app_name
+        .as_deref()
+        .is_some_and(|a| a.eq_ignore_ascii_case("Stasis"))
+        && channel
+            .dialplan
+            .app_data
+            .as_deref()
+            .and_then(|d| d.split(',').next())
+            .is_some_and(|a| a.trim() == app)
+}
+
 /// The channels of the call whose linkedid is `call_id`, from `GET /channels` (channels
 /// without a linkedid belong when their own id is `call_id`). `is_agent` tells agent
-/// endpoints (`PJSIP/1001` → `1001`).
-pub fn legs(call_id: &str, channels: &[Channel], is_agent: impl Fn(&str) -> bool) -> Legs {
+/// endpoints (`PJSIP/1001` → `1001`); `app` is our Stasis application's name.
+pub fn legs(
+    call_id: &str,
+    channels: &[Channel],
+    app: &str,
+    is_agent: impl Fn(&str) -> bool,
+) -> Legs {
     let mut mine: Vec<&Channel> = channels
         .iter()
         .filter(|c| !c.is_snoop() && !c.is_local())
@@ -186,10 +259,14 @@ pub fn legs(call_id: &str, channels: &[Channel], is_agent: impl Fn(&str) -> bool
         .or_else(|| mine.iter().find(|c| c.id == call_id))
         .or(mine.first())
         .map(|c| c.id.clone());
-    let agent = mine
+    let agent_chan = mine
         .iter()
-        .find(|c| Some(&c.id) != customer.as_ref() && is_agent(c.endpoint().1))
-        .map(|c| c.id.clone());
+        .find(|c| Some(&c.id) != customer.as_ref() && is_agent(c.endpoint().1));
+    let agent = agent_chan.map(|c| c.id.clone());
+    let agent_name = agent_chan.map(|c| c.name.clone());
+    let customer_in_app = mine
+        .iter()
+        .any(|c| Some(&c.id) == customer.as_ref() && in_app(c, app));
     let mut all: Vec<String> = customer.iter().cloned().collect();
     all.extend(
         mine.iter()
@@ -199,6 +276,8 @@ pub fn legs(call_id: &str, channels: &[Channel], is_agent: impl Fn(&str) -> bool
     Legs {
         customer,
         agent,
+        agent_name,
+        customer_in_app,
         all,
     }
 }
@@ -367,9 +446,32 @@ pub fn should_record(policy: RecordCalls, direction: Direction) -> bool {
     }
 }
 
+/// How a transfer or hold of a call is carried out, decided from the call's [`Legs`]
+/// before anything is sent (a transfer is never sent twice to find out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The customer's channel is in our Stasis application: ARI requests.
+    Ari,
+    /// It is not, and AMI is configured: one AMI action on the agent's channel.
+    Ami,
+    /// It is not, and AMI is not configured: refused.
+    Refused,
+}
+
+/// The route of a transfer/hold for these `legs`; `ami` tells whether AMI is configured.
+pub fn route(legs: &Legs, ami: bool) -> Route {
+    match (legs.customer_in_app, ami) {
+        (true, _) => Route::Ari,
+        (false, true) => Route::Ami,
+        (false, false) => Route::Refused,
+    }
+}
+
 /// The requests of `action` on a call with these `legs` (from `GET /channels`), in order.
 /// `context` is where a blind transfer continues; `target_id` the id for an attended
-/// transfer's new leg; `format` the recording format; `call` the call's record id.
+/// transfer's new leg; `format` the recording format; `call` the call's record id; `ami`
+/// whether an AMI connection is configured (used for transfers of calls outside our Stasis
+/// application, see [`route`]).
 pub fn plan(
     action: &Action,
     legs: &Legs,
@@ -377,11 +479,44 @@ pub fn plan(
     target_id: &str,
     call: Uuid,
     format: RecordingFormat,
+    ami: bool,
 ) -> Result<Vec<Op>, PlanError> {
     if legs.all.is_empty() && *action != Action::RecordStop {
         return Err(PlanError::NoChannels);
     }
     let customer = |what: &'static str| legs.customer.clone().ok_or(PlanError::NoCustomerLeg(what));
+    match action {
+        Action::Hold | Action::Unhold => {
+            customer(action.name())?;
+            if !legs.customer_in_app {
+                return Err(PlanError::HoldNeedsStasis(action.name()));
+            }
+        }
+        Action::Transfer { to, mode } => {
+            customer("transfer")?;
+            match route(legs, ami) {
+                Route::Ari => {}
+                Route::Refused => return Err(PlanError::NotInStasis),
+                Route::Ami => {
+                    let channel = legs.agent_name.clone().ok_or(PlanError::NoAgentLeg)?;
+                    let (context, exten) = (context.to_string(), to.clone());
+                    return Ok(vec![match mode {
+                        TransferMode::Blind => Op::AmiBlindTransfer {
+                            channel,
+                            context,
+                            exten,
+                        },
+                        TransferMode::Attended => Op::AmiAtxfer {
+                            channel,
+                            context,
+                            exten,
+                        },
+                    }]);
+                }
+            }
+        }
+        _ => {}
+    }
     Ok(match action {
         Action::Hangup => legs
             .all
@@ -480,7 +615,7 @@ mod tests {
             chan("b.1", "PJSIP/1002-00000003", "b.1", 3),
             chan("s.1", "Snoop/a.1-00000001", "s.1", 4),
         ];
-        let l = legs("a.1", &chans, agent);
+        let l = legs("a.1", &chans, "callcenter", agent);
         assert_eq!(l.customer.as_deref(), Some("a.1"));
         assert_eq!(l.agent.as_deref(), Some("a.2"));
         assert_eq!(l.all, vec!["a.1", "a.2"]);
@@ -494,7 +629,7 @@ mod tests {
             chan("pbxbridge-x", "PJSIP/1001-00000010", "pbxbridge-x", 1),
             chan("c.9", "PJSIP/pstn-00000011", "pbxbridge-x", 5),
         ];
-        let l = legs("pbxbridge-x", &chans, agent);
+        let l = legs("pbxbridge-x", &chans, "callcenter", agent);
         assert_eq!(l.customer.as_deref(), Some("c.9"));
         assert_eq!(l.agent.as_deref(), Some("pbxbridge-x"));
     }
@@ -505,7 +640,7 @@ mod tests {
             chan("i.2", "PJSIP/1002-00000002", "i.1", 2),
             chan("i.1", "PJSIP/1001-00000001", "i.1", 1),
         ];
-        let l = legs("i.1", &chans, agent);
+        let l = legs("i.1", &chans, "callcenter", agent);
         assert_eq!(l.customer.as_deref(), Some("i.1"));
         assert_eq!(l.agent.as_deref(), Some("i.2"));
     }
@@ -576,6 +711,8 @@ mod tests {
         Legs {
             customer: Some("c".into()),
             agent: Some("a".into()),
+            agent_name: Some("PJSIP/1001-00000002".into()),
+            customer_in_app: true,
             all: vec!["c".into(), "a".into()],
         }
     }
@@ -588,6 +725,7 @@ mod tests {
             "t",
             call(),
             RecordingFormat::Wav,
+            false,
         )
     }
 
@@ -706,13 +844,22 @@ mod tests {
     fn no_channels_or_no_customer_are_errors() {
         let none = Legs::default();
         assert_eq!(
-            plan(&Action::Hold, &none, "c", "t", call(), RecordingFormat::Wav),
+            plan(
+                &Action::Hold,
+                &none,
+                "c",
+                "t",
+                call(),
+                RecordingFormat::Wav,
+                true
+            ),
             Err(PlanError::NoChannels)
         );
         let only_agent = Legs {
             customer: None,
             agent: Some("a".into()),
             all: vec!["a".into()],
+            ..Legs::default()
         };
         assert_eq!(
             plan(
@@ -721,10 +868,116 @@ mod tests {
                 "c",
                 "t",
                 call(),
-                RecordingFormat::Wav
+                RecordingFormat::Wav,
+                true
             ),
             Err(PlanError::NoCustomerLeg("hold"))
         );
+    }
+
+    fn in_stasis(mut c: Channel, app_data: &str) -> Channel {
+        c.dialplan.app_name = Some("Stasis".into());
+        c.dialplan.app_data = Some(app_data.into());
+        c
+    }
+
+    #[test]
+    fn legs_know_which_channels_are_in_our_application() {
+        let dialplan = vec![
+            chan("a.1", "PJSIP/pstn-00000001", "a.1", 1),
+            chan("a.2", "PJSIP/1001-00000002", "a.1", 2),
+        ];
+        let l = legs("a.1", &dialplan, "callcenter", agent);
+        assert!(!l.customer_in_app);
+        assert_eq!(l.agent_name.as_deref(), Some("PJSIP/1001-00000002"));
+        let mut ours = dialplan.clone();
+        ours[0] = in_stasis(ours[0].clone(), "callcenter,inbound,712345001");
+        assert!(legs("a.1", &ours, "callcenter", agent).customer_in_app);
+        // Another application's Stasis is not ours.
+        let mut other = dialplan.clone();
+        other[0] = in_stasis(other[0].clone(), "callcenterx,inbound");
+        assert!(!legs("a.1", &other, "callcenter", agent).customer_in_app);
+    }
+
+    fn dialplan_legs() -> Legs {
+        Legs {
+            customer_in_app: false,
+            ..two_legs()
+        }
+    }
+
+    fn plan_on(action: Action, legs: &Legs, ami: bool) -> Result<Vec<Op>, PlanError> {
+        plan(
+            &action,
+            legs,
+            "from-internal",
+            "t",
+            call(),
+            RecordingFormat::Wav,
+            ami,
+        )
+    }
+
+    fn transfer(mode: TransferMode) -> Action {
+        Action::Transfer {
+            to: "1002".into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn transfer_route_is_decided_up_front() {
+        assert_eq!(route(&two_legs(), false), Route::Ari);
+        assert_eq!(route(&two_legs(), true), Route::Ari);
+        assert_eq!(route(&dialplan_legs(), true), Route::Ami);
+        assert_eq!(route(&dialplan_legs(), false), Route::Refused);
+        // In our application: the ARI plan, even with AMI configured.
+        assert!(matches!(
+            plan_on(transfer(TransferMode::Blind), &two_legs(), true).unwrap()[0],
+            Op::Continue { .. }
+        ));
+        // Not in it: one AMI action on the agent's channel (by name), nothing over ARI.
+        assert_eq!(
+            plan_on(transfer(TransferMode::Blind), &dialplan_legs(), true).unwrap(),
+            vec![Op::AmiBlindTransfer {
+                channel: "PJSIP/1001-00000002".into(),
+                context: "from-internal".into(),
+                exten: "1002".into(),
+            }]
+        );
+        assert_eq!(
+            plan_on(transfer(TransferMode::Attended), &dialplan_legs(), true).unwrap(),
+            vec![Op::AmiAtxfer {
+                channel: "PJSIP/1001-00000002".into(),
+                context: "from-internal".into(),
+                exten: "1002".into(),
+            }]
+        );
+        // No AMI: refused before anything is sent, naming AMI_USERNAME.
+        let e = plan_on(transfer(TransferMode::Blind), &dialplan_legs(), false).unwrap_err();
+        assert_eq!(e, PlanError::NotInStasis);
+        assert!(e.to_string().contains("AMI_USERNAME"));
+        // AMI transfers need the agent's leg.
+        let no_agent = Legs {
+            agent: None,
+            agent_name: None,
+            all: vec!["c".into()],
+            ..dialplan_legs()
+        };
+        assert_eq!(
+            plan_on(transfer(TransferMode::Attended), &no_agent, true),
+            Err(PlanError::NoAgentLeg)
+        );
+    }
+
+    #[test]
+    fn hold_outside_our_application_is_refused_clearly() {
+        for (action, ami) in [(Action::Hold, true), (Action::Unhold, false)] {
+            let e = plan_on(action, &dialplan_legs(), ami).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("Stasis control"), "{msg}");
+            assert!(msg.contains("hold button"), "{msg}");
+        }
     }
 
     #[test]

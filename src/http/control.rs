@@ -61,7 +61,9 @@ impl From<ControlError> for ApiError {
                 message: e.to_string(),
             },
             ControlError::NoRecording => ApiError::NotFound("recording".into()),
-            ControlError::Timeout(_) | ControlError::Ari(_) => ApiError::Upstream(e.to_string()),
+            ControlError::Timeout(_) | ControlError::Ari(_) | ControlError::Ami(_) => {
+                ApiError::Upstream(e.to_string())
+            }
             ControlError::Db(d) => ApiError::Db(d),
             ControlError::Io(io) => ApiError::Internal(format!("recording file: {io}")),
         }

@@ -871,7 +871,7 @@ mod ops {
             (status = 400, description = "`id` is not a UUID (`bad_request`)", body = ErrorBody),
             (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
             (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
-            (status = 409, description = "Asterisk refused (e.g. the channel is not in a Stasis application) (`conflict`)", body = ErrorBody),
+            (status = 409, description = "The customer's channel is not under pbxbridge's Stasis control (use the phone's hold button), or Asterisk refused (`conflict`)", body = ErrorBody),
             (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
             (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
         ))]
@@ -891,7 +891,8 @@ mod ops {
         ))]
     fn unhold() {}
 
-    /// Transfer a call, blind or attended (admin)
+    /// Transfer a call, blind or attended (admin): over ARI when the customer's channel is in
+    /// our Stasis application, else one AMI `BlindTransfer` / `Atxfer` on the agent's channel
     #[utoipa::path(post, path = "/calls/{id}/transfer", tag = "control", request_body = TransferRequest,
         params(("id" = String, Path, format = Uuid, description = "Call record id")),
         responses(
@@ -899,9 +900,9 @@ mod ops {
             (status = 400, description = "`id` is not a UUID, or the body is not JSON (`bad_request`)", body = ErrorBody),
             (status = 403, description = "Needs the admin role (`forbidden`)", body = ErrorBody),
             (status = 404, description = "No such call (`not_found`)", body = ErrorBody),
-            (status = 409, description = "Asterisk refused (`conflict`)", body = ErrorBody),
+            (status = 409, description = "Asterisk refused, or the call is not in our Stasis application and AMI is not configured (`conflict`)", body = ErrorBody),
             (status = 422, description = "`to` or `mode` missing or malformed (`invalid`)", body = ErrorBody),
-            (status = 502, description = "ARI failed (`upstream_error`)", body = ErrorBody),
+            (status = 502, description = "ARI or AMI failed (`upstream_error`)", body = ErrorBody),
             (status = 503, description = "Call control is not running (`unavailable`)", body = ErrorBody),
         ))]
     fn transfer() {}

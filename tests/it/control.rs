@@ -378,19 +378,29 @@ async fn hold_transfer_hangup_send_the_ari_requests_in_order() {
     let env = start(&db).await;
     let id = live_call(&db, &env.fake).await;
 
-    // The customer's leg is not in our Stasis application: Asterisk's reason, as a 409.
+    // The customer's leg is not in our Stasis application: a clear 409, decided from
+    // `GET /channels` (nothing sent), pointing at the phone's own hold button.
     let (status, body) = post(&env.base, &format!("/calls/{id}/hold"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Stasis control"), "{message}");
+    assert!(message.contains("hold button"), "{message}");
+    assert_eq!(env.fake.take_log(), vec!["GET /ari/channels"]);
+    // Transfer without AMI: a 409 naming AMI_USERNAME, nothing sent.
+    let (status, body) = post(
+        &env.base,
+        &format!("/calls/{id}/transfer"),
+        json!({"to": "1002", "mode": "blind"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("Channel not in a Stasis application")
+            .contains("AMI_USERNAME")
     );
-    assert_eq!(
-        env.fake.take_log(),
-        vec!["GET /ari/channels", "POST /ari/channels/c.1/hold"]
-    );
+    assert_eq!(env.fake.take_log(), vec!["GET /ari/channels"]);
 
     env.fake.stasis.lock().unwrap().insert("c.1".into());
     let (status, body) = post(&env.base, &format!("/calls/{id}/hold"), json!({})).await;
@@ -519,6 +529,7 @@ async fn hold_transfer_hangup_send_the_ari_requests_in_order() {
         names,
         [
             "hold",
+            "transfer-blind",
             "hold",
             "unhold",
             "transfer-blind",
@@ -528,6 +539,114 @@ async fn hold_transfer_hangup_send_the_ari_requests_in_order() {
         ]
     );
     env.running.shutdown().await;
+}
+
+/// A transfer of an ordinary call (its channels in the dialplan, not in our Stasis
+/// application) goes over AMI: exactly one `BlindTransfer` / `Atxfer` on the agent's channel
+/// (by name), and no ARI request but the channel lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_of_a_dialplan_call_is_one_ami_action() {
+    use crate::fakes::{AmiOpts, FakeAmi};
+    let db = support::sqlite().await;
+    let fake = fake_ari::control().await;
+    let ami = FakeAmi::start(AmiOpts::default()).await;
+    let port = ami.addr.port().to_string();
+    let running = support::daemon_at(
+        &db,
+        &fake.url,
+        &[
+            "--api-tokens",
+            TOKEN,
+            "--ami-host",
+            "127.0.0.1",
+            "--ami-port",
+            &port,
+            "--ami-username",
+            "pbxbridge",
+            "--ami-secret",
+            "amipass",
+        ],
+    )
+    .await;
+    connected(&fake).await;
+    let base = format!("http://{}", running.addr);
+    let id = live_call(&db, &fake).await;
+    let transfers = || -> Vec<Vec<(String, String)>> {
+        ami.state
+            .lock()
+            .unwrap()
+            .actions
+            .iter()
+            .filter(|m| {
+                m.get("Action").is_some_and(|a| {
+                    a.eq_ignore_ascii_case("BlindTransfer") || a.eq_ignore_ascii_case("Atxfer")
+                })
+            })
+            .map(|m| {
+                m.fields()
+                    .iter()
+                    .filter(|(k, _)| k != "ActionID")
+                    .cloned()
+                    .collect()
+            })
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+
+    let (status, body) = post(
+        &base,
+        &format!("/calls/{id}/transfer"),
+        json!({"to": "1002", "mode": "blind"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        transfers(),
+        vec![pairs(&[
+            ("Action", "BlindTransfer"),
+            ("Channel", "PJSIP/1001-00000002"),
+            ("Context", "from-internal"),
+            ("Exten", "1002"),
+        ])]
+    );
+    assert_eq!(fake.take_log(), vec!["GET /ari/channels"]);
+
+    let (status, body) = post(
+        &base,
+        &format!("/calls/{id}/transfer"),
+        json!({"to": "1003", "mode": "attended"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = transfers();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[1],
+        pairs(&[
+            ("Action", "Atxfer"),
+            ("Channel", "PJSIP/1001-00000002"),
+            ("Exten", "1003"),
+            ("Context", "from-internal"),
+        ])
+    );
+    assert_eq!(fake.take_log(), vec!["GET /ari/channels"]);
+
+    // Hold stays refused (AMI has no hold for an arbitrary channel), nothing sent.
+    let (status, body) = post(&base, &format!("/calls/{id}/hold"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hold button")
+    );
+    assert_eq!(fake.take_log(), vec!["GET /ari/channels"]);
+    assert_eq!(transfers().len(), 2);
+    running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,7 +270,19 @@ fn control_answer(
     };
     match (m, seg.as_slice()) {
         ("PUT", ["asterisk", "modules", _]) => ari_reply(204, serde_json::Value::Null),
-        ("GET", ["channels"]) => ari_reply(200, serde_json::json!(*f.channels.lock().unwrap())),
+        ("GET", ["channels"]) => {
+            // A channel in our application shows it as real Asterisk does: `dialplan`
+            // `app_name` Stasis, `app_data` `<app>[,args]`.
+            let stasis = f.stasis.lock().unwrap().clone();
+            let mut list = f.channels.lock().unwrap().clone();
+            for c in &mut list {
+                if c["id"].as_str().is_some_and(|id| stasis.contains(id)) {
+                    c["dialplan"]["app_name"] = "Stasis".into();
+                    c["dialplan"]["app_data"] = "callcenter".into();
+                }
+            }
+            ari_reply(200, serde_json::json!(list))
+        }
         ("GET", ["bridges"]) => ari_reply(200, serde_json::json!([])),
         ("GET", ["endpoints"]) => ari_reply(200, serde_json::json!([])),
         ("GET", ["endpoints", tech, res]) => match f.endpoints.lock().unwrap().get(*res) {

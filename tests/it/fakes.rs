@@ -96,6 +96,8 @@ pub fn endpoints_in(path: &std::path::Path) -> BTreeSet<String> {
 pub struct PbxState {
     /// Every action received (AMI) or request (ARI, as `METHOD path`).
     pub log: Vec<String>,
+    /// Every AMI action received, with all its fields.
+    pub actions: Vec<Message>,
     /// res_pjsip reloads done.
     pub reloads: usize,
     /// Logins (AMI).
@@ -268,6 +270,7 @@ async fn serve_ami(
         let (silent, drop_now) = {
             let mut s = state.lock().unwrap();
             s.log.push(format!("{action} {}", key_of(&msg)));
+            s.actions.push(msg.clone());
             handled += 1;
             let drop_now = s.drop_after == Some(handled);
             if drop_now {
@@ -340,6 +343,21 @@ fn answer(msg: &Message, id: &str, script: &Script, state: &Arc<Mutex<PbxState>>
         if msg.get("Module") == Some("res_pjsip.so") {
             s.reload();
         }
+    }
+    // Transfers: acknowledged as Asterisk's manager does (`astman_send_ack`).
+    if key.starts_with("blindtransfer/") {
+        return block(&[
+            ("Response", "Success"),
+            ("ActionID", id),
+            ("Message", "Transfer succeeded"),
+        ]);
+    }
+    if key.starts_with("atxfer/") {
+        return block(&[
+            ("Response", "Success"),
+            ("ActionID", id),
+            ("Message", "Atxfer successfully queued"),
+        ]);
     }
     if pbx && key.starts_with("pjsipshowendpoint/") {
         let name = msg.get("Endpoint").unwrap_or("");
