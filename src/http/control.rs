@@ -77,28 +77,21 @@ fn control(state: &AppState) -> Result<&Arc<Control>, ApiError> {
         .ok_or_else(|| ApiError::Unavailable("call control is not running".into()))
 }
 
-/// A phone number or extension: digits with an optional leading `+`, `*` or `#` allowed,
-/// 1 to 32 characters (anything else could reach the dialplan).
+/// A phone number or extension to dial (see [`crate::calls::params::dialable`]); a 422
+/// naming the field otherwise.
 fn number_field(value: Option<&str>, name: &str) -> Result<String, ApiError> {
     let s = value.map(str::trim).unwrap_or("");
     if s.is_empty() {
         return Err(ApiError::invalid(name, format!("{name} is required")));
     }
-    let body = s.strip_prefix('+').unwrap_or(s);
-    if s.len() > 32
-        || body.is_empty()
-        || !body
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
-    {
-        return Err(ApiError::invalid(
+    crate::calls::params::dialable(s).ok_or_else(|| {
+        ApiError::invalid(
             name,
             format!(
                 "{name} must be a phone number or extension (digits, leading +, * or #), got {s:?}"
             ),
-        ));
-    }
-    Ok(s.to_string())
+        )
+    })
 }
 
 #[derive(Deserialize)]

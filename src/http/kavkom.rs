@@ -136,24 +136,14 @@ fn field(v: &Option<Value>, name: &str) -> Result<String, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid(name, format!("{name} must be a string"))),
     };
-    let clean: String = s
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
-        .collect();
-    let ok = !clean.is_empty()
-        && clean.len() <= 32
-        && clean
-            .char_indices()
-            .all(|(i, c)| c.is_ascii_digit() || matches!(c, '*' | '#') || (c == '+' && i == 0));
-    if !ok {
-        return Err(ApiError::invalid(
+    crate::calls::params::dialable(&s).ok_or_else(|| {
+        ApiError::invalid(
             name,
             format!(
                 "{name} must be a phone number or extension (digits, leading +, * or #), got {s:?}"
             ),
-        ));
-    }
-    Ok(clean)
+        )
+    })
 }
 
 async fn click_to_call(
