@@ -38,7 +38,7 @@ use crate::calls::ingest::{self, IngestStats, Pipeline};
 use crate::calls::tracker::{AgentMatcher, Tracker};
 use crate::calls::writer::{WriterHandle, WriterStats};
 use crate::calls::{Source, store, writer};
-use crate::config::Settings;
+use crate::config::{NodeSettings, Settings};
 use crate::db::Db;
 use crate::http::{self, AppState};
 use crate::live::Hub;
@@ -74,6 +74,7 @@ impl Running {
 /// Connects the database (applying migrations), binds the API and starts every task.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     settings.validate().map_err(anyhow::Error::msg)?;
+    let nodes = settings.nodes().map_err(anyhow::Error::msg)?;
     let settings = Arc::new(settings);
     crate::metrics::install();
     let db = Db::connect_and_migrate(&settings.core.database_url)
@@ -82,169 +83,104 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if settings.core.api_tokens.0.is_empty() {
         tracing::warn!("API_TOKENS is empty: every API route but /health will answer 401");
     }
+    let replica = settings.replica_id();
     let cancel = CancellationToken::new();
     let supervisor = Supervisor::new(cancel.clone());
     let hub = Hub::new(settings.core.live_buffer as usize);
+    let leases = Leases {
+        supervisor: supervisor.clone(),
+        settings: settings.clone(),
+        replica: replica.clone(),
+        shared: db.backend() == crate::db::Backend::Postgres,
+    };
+    if leases.shared {
+        tracing::info!(%replica, nodes = nodes.len(), "replica starting: each node's ARI is consumed by the replica holding its lease");
+    }
 
-    // The queues between the call tasks, made once: every attempt of a task uses the same.
+    // The call writer, shared by every node's pipeline (its queue is made once: every
+    // attempt uses the same).
     let (writer_handle, writer_inbox) = writer::channel();
     let writer_stats = writer_handle.stats().clone();
-    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
-    let (state_tx, state_rx) = watch::channel(AriState::Connecting);
-    let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
-
-    // AMI (optional) and the extensions provisioner (drift repair at start).
     let agents = AgentMatcher::new(settings.core.extension_pattern.clone());
-    let client = AriClient::new(&settings.ari);
-    let ami = crate::ami::AmiConfig::from_settings(&settings.ami).map(|cfg| {
-        tracing::info!(addr = %cfg.addr(), "connecting to AMI");
-        let (ami, connection) = crate::ami::AmiClient::supervised(cfg);
-        let connection = Arc::new(connection);
-        supervisor.register(TaskSpec::new("ami"), move |a: Attempt| {
-            let connection = connection.clone();
-            async move { connection.run(a.cancel).await }
-        });
-        ami
-    });
-    let provisioner = Arc::new(
-        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami.clone())
-            .context("extensions provisioning")?,
-    );
-    let known = agents.clone();
-    provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
     agents.set_known(
         crate::extensions::store::all(&db)
             .await?
             .into_iter()
             .map(|e| e.extension),
     );
-    let p = provisioner.clone();
-    supervisor.register(TaskSpec::new("provisioner"), move |a: Attempt| {
-        p.clone().run(a.cancel)
-    });
 
-    // ARI: events connection, pipeline, Stasis hand-back; the call writer.
-    tracing::info!(url = %stream::events_url(&client, client.app()), "connecting to ARI");
-    let ari = {
-        let (client, tx) = (client.clone(), ari_tx.clone());
-        supervisor.register(TaskSpec::new("ari").records_calls(), move |a: Attempt| {
-            stream::run(client.clone(), tx.clone(), state_tx.clone(), a.cancel)
-        })
-    };
-    let ingest_stats = Arc::new(IngestStats::default());
-    let pipeline_task = Arc::new(PipelineTask {
-        db: db.clone(),
-        agents: agents.clone(),
-        rx: Mutex::new(ari_rx),
-        writer: std::sync::Mutex::new(Some(writer_handle)),
-        writer_stats: writer_stats.clone(),
-        hub: hub.clone(),
-        stasis: stasis_tx,
-        stats: ingest_stats.clone(),
-        ari: ari.clone(),
-    });
-    let pipeline = {
-        let task = pipeline_task.clone();
-        supervisor.register(
-            TaskSpec::new("pipeline").records_calls().stop_after(&ari),
-            move |a: Attempt| task.clone().run(a),
-        )
-    };
-    {
-        // Once the pipeline has stopped for good (shutdown), nothing more can be queued for
-        // the writer: close its queue so that it drains and returns.
-        let stopped = pipeline.clone();
-        supervisor.spawn_once(async move {
-            stopped.stopped().await;
-            pipeline_task
-                .writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-        });
-    }
-    // Call control: the Stasis channels it owns are diverted to it from the hand-back.
-    let control = Arc::new(crate::control::Control::new(
-        client.clone(),
-        ami,
-        db.clone(),
-        agents.clone(),
-        settings.control.clone(),
-        crate::sync::recording::cache_dir(settings.core.recordings_dir.as_deref()),
-        settings.core.recordings_max_mb.saturating_mul(1024 * 1024),
-    ));
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let divert = stasis::Divert {
-        claims: crate::control::plan::claims,
-        tx: control_tx,
-    };
-    let stasis_rx = Arc::new(Mutex::new(stasis_rx));
-    let stasis_task = supervisor.register(
-        TaskSpec::new("stasis").stop_after(&pipeline),
-        move |a: Attempt| {
-            let (client, rx, divert) = (client.clone(), stasis_rx.clone(), divert.clone());
-            async move { stasis::run(client, &mut *rx.lock().await, Some(divert), a.cancel).await }
-        },
-    );
-    {
-        let (ctl, rx) = (control.clone(), Arc::new(Mutex::new(control_rx)));
-        supervisor.register(
-            TaskSpec::new("control").stop_after(&stasis_task),
-            move |a: Attempt| {
-                let (control, rx) = (ctl.clone(), rx.clone());
-                async move { control.run(&mut *rx.lock().await, a.cancel).await }
-            },
+    // One stack per Asterisk node (ARI events, pipeline, Stasis hand-back, call control,
+    // CEL backfill), each run by the replica holding the node's lease.
+    let mut views = Vec::new();
+    let mut pipelines = Vec::new();
+    let mut targets = Vec::new();
+    for node in &nodes {
+        let stack = start_node(
+            node,
+            nodes.len() > 1,
+            &leases,
+            &db,
+            &agents,
+            &hub,
+            writer_handle.clone(),
+            writer_stats.clone(),
+            &settings,
         );
-        let (ctl, hub) = (control.clone(), hub.clone());
-        supervisor.register(TaskSpec::new("recorder"), move |a: Attempt| {
-            ctl.clone().run_recorder(hub.clone(), a.cancel)
+        targets.push(crate::extensions::provision::Target {
+            node: node.name.clone(),
+            ari: stack.client.clone(),
+            ami: stack.ami.clone(),
         });
+        pipelines.push(stack.pipeline.clone());
+        views.push(stack.view);
     }
+    drop(writer_handle);
     {
         let db = db.clone();
-        supervisor.register(
-            TaskSpec::new("writer")
-                .records_calls()
-                .stop_after(&pipeline),
-            move |a: Attempt| writer::run(db.clone(), writer_inbox.clone(), a.cancel),
-        );
-    }
-
-    // CEL backfill (when ASTERISK_CEL_URL is set): at start, after every ARI (re)connect and
-    // every CEL_SWEEP_INTERVAL.
-    if let Some(url) = settings.cel.asterisk_cel_url.clone() {
-        let (db, agents, link) = (db.clone(), agents.clone(), state_rx.clone());
-        let every = Duration::from_secs(settings.cel.cel_sweep_interval);
-        supervisor.register(TaskSpec::new("cel").records_calls(), move |a: Attempt| {
-            let backfill =
-                crate::cel::backfill::Backfill::new(&url, Some(db.clone()), agents.clone());
-            crate::cel::backfill::run(
-                backfill,
-                link.clone(),
-                |s: &AriState| match s {
-                    AriState::Connected { since, .. } => Some(*since),
-                    _ => None,
-                },
-                every,
-                a.cancel,
-            )
+        let mut spec = TaskSpec::new("writer").records_calls();
+        for p in &pipelines {
+            spec = spec.stop_after(p);
+        }
+        supervisor.register(spec, move |a: Attempt| {
+            writer::run(db.clone(), writer_inbox.clone(), a.cancel)
         });
     }
 
+    // Jobs that run on one replica at a time: the extensions provisioner, the hosted-PBX
+    // sync loops and retention.
+    let singleton = leases.gate("singleton");
+    let provisioner = Arc::new(
+        crate::extensions::Provisioner::new(db.clone(), &settings, targets)
+            .context("extensions provisioning")?,
+    );
+    let known = agents.clone();
+    provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
+    let p = provisioner.clone();
+    supervisor.register(
+        TaskSpec::new("provisioner").gated(singleton.clone()),
+        move |a: Attempt| p.clone().run(a.cancel),
+    );
+
     // Retention of call records (RETENTION_DAYS; 0 keeps everything).
+    let control = views.first().and_then(|v| v.control.clone());
     if settings.core.retention_days > 0 {
         let (db, days) = (db.clone(), settings.core.retention_days);
         // Recordings of Asterisk calls go with their records.
-        let hook: Arc<dyn crate::calls::retention::BeforePurge> = control.clone();
-        supervisor.register(TaskSpec::new("retention"), move |a: Attempt| {
-            crate::calls::retention::run(
-                db.clone(),
-                days,
-                crate::calls::retention::EVERY,
-                Some(hook.clone()),
-                a.cancel,
-            )
-        });
+        let hook: Option<Arc<dyn crate::calls::retention::BeforePurge>> = control
+            .clone()
+            .map(|c| c as Arc<dyn crate::calls::retention::BeforePurge>);
+        supervisor.register(
+            TaskSpec::new("retention").gated(singleton.clone()),
+            move |a: Attempt| {
+                crate::calls::retention::run(
+                    db.clone(),
+                    days,
+                    crate::calls::retention::EVERY,
+                    hook.clone(),
+                    a.cancel,
+                )
+            },
+        );
     }
 
     // Hosted PBXs.
@@ -252,12 +188,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor);
 
     // HTTP API.
+    let first = views.first().context("no Asterisk node")?;
     let state = AppState {
         db: db.clone(),
         settings: settings.clone(),
         hub: hub.clone(),
-        ari_state: state_rx,
-        ingest_stats,
+        ari_state: first.ari_state.clone(),
+        ingest_stats: first.ingest_stats.clone(),
         writer_stats: Some(writer_stats),
         kerio,
         kavkom,
@@ -266,7 +203,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         shutdown: cancel.clone(),
         extensions: Some(provisioner),
         tasks: supervisor.statuses(),
-        control: Some(control),
+        control,
+        nodes: Arc::new(views),
+        replica: replica.clone(),
     };
     if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
         tracing::error!(
@@ -313,6 +252,232 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     })
 }
 
+/// Where leases come from: on PostgreSQL each is a supervised `lease:NAME` task holding an
+/// advisory lock ([`crate::cluster::lease`]); on SQLite (one process) every gate is open.
+struct Leases {
+    supervisor: Supervisor,
+    settings: Arc<Settings>,
+    replica: String,
+    shared: bool,
+}
+
+impl Leases {
+    /// The gate of lease `name`: true while this replica holds it.
+    fn gate(&self, name: &str) -> watch::Receiver<bool> {
+        if !self.shared {
+            // The sender is dropped: the gate stays open for good.
+            return watch::channel(true).1;
+        }
+        let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        match crate::cluster::lease::Lease::new(
+            name,
+            &self.replica,
+            &self.settings.core.database_url,
+        ) {
+            Ok(lease) => {
+                let lease = Arc::new(lease);
+                self.supervisor.register(
+                    TaskSpec::new(format!("lease:{name}")),
+                    move |a: Attempt| {
+                        let (lease, tx) = (lease.clone(), tx.clone());
+                        async move { lease.run(&tx, a.cancel).await }
+                    },
+                );
+            }
+            Err(e) => tracing::error!("lease {name}: {e}"),
+        }
+        rx
+    }
+}
+
+/// One node's running stack, as the rest of `start` needs it.
+struct NodeStack {
+    client: AriClient,
+    ami: Option<crate::ami::AmiClient>,
+    pipeline: TaskHandle,
+    view: http::NodeView,
+}
+
+/// Starts node `node`'s tasks, gated on its lease `ari:NODE`. Task names are those of the
+/// table in the module doc, suffixed `@NODE` when there are several nodes (`named`).
+#[allow(clippy::too_many_arguments)]
+fn start_node(
+    node: &NodeSettings,
+    named: bool,
+    leases: &Leases,
+    db: &Db,
+    agents: &AgentMatcher,
+    hub: &Hub,
+    writer_handle: WriterHandle,
+    writer_stats: Arc<WriterStats>,
+    settings: &Arc<Settings>,
+) -> NodeStack {
+    let supervisor = &leases.supervisor;
+    let name = |task: &str| {
+        if named {
+            format!("{task}@{}", node.name)
+        } else {
+            task.to_string()
+        }
+    };
+    let gate = leases.gate(&format!("ari:{}", node.name));
+    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(AriState::Connecting);
+    let (stasis_tx, stasis_rx) = mpsc::unbounded_channel();
+    let client = AriClient::new(&node.ari);
+
+    // AMI (optional): every replica keeps its own connection (call control, status).
+    let ami = crate::ami::AmiConfig::from_settings(&node.ami).map(|cfg| {
+        tracing::info!(node = %node.name, addr = %cfg.addr(), "connecting to AMI");
+        let (ami, connection) = crate::ami::AmiClient::supervised(cfg);
+        let connection = Arc::new(connection);
+        supervisor.register(TaskSpec::new(name("ami")), move |a: Attempt| {
+            let connection = connection.clone();
+            async move { connection.run(a.cancel).await }
+        });
+        ami
+    });
+
+    tracing::info!(node = %node.name, url = %stream::events_url(&client, client.app()), "ARI of node {}", node.name);
+    let ari = {
+        let (client, tx) = (client.clone(), ari_tx.clone());
+        supervisor.register(
+            TaskSpec::new(name("ari"))
+                .records_calls()
+                .gated(gate.clone()),
+            move |a: Attempt| stream::run(client.clone(), tx.clone(), state_tx.clone(), a.cancel),
+        )
+    };
+    let ingest_stats = Arc::new(IngestStats::default());
+    let pipeline_task = Arc::new(PipelineTask {
+        db: db.clone(),
+        node: node.name.clone(),
+        agents: agents.clone(),
+        rx: Mutex::new(ari_rx),
+        writer: std::sync::Mutex::new(Some(writer_handle)),
+        writer_stats,
+        hub: hub.clone(),
+        stasis: stasis_tx,
+        stats: ingest_stats.clone(),
+        ari: ari.clone(),
+    });
+    let pipeline = {
+        let task = pipeline_task.clone();
+        supervisor.register(
+            TaskSpec::new(name("pipeline"))
+                .records_calls()
+                .stop_after(&ari)
+                .gated(gate.clone()),
+            move |a: Attempt| task.clone().run(a),
+        )
+    };
+    {
+        // Once the pipeline has stopped for good (shutdown), nothing more can be queued for
+        // the writer from this node: drop its handle (the writer's queue closes, and the
+        // writer drains and returns, once every node's pipeline has done so).
+        let stopped = pipeline.clone();
+        supervisor.spawn_once(async move {
+            stopped.stopped().await;
+            pipeline_task
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        });
+    }
+    // Call control: the Stasis channels it owns are diverted to it from the hand-back.
+    let control = Arc::new(
+        crate::control::Control::new(
+            client.clone(),
+            ami.clone(),
+            db.clone(),
+            agents.clone(),
+            settings.control.clone(),
+            crate::sync::recording::cache_dir(settings.core.recordings_dir.as_deref()),
+            settings.core.recordings_max_mb.saturating_mul(1024 * 1024),
+        )
+        .on_node(&node.name),
+    );
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let divert = stasis::Divert {
+        claims: crate::control::plan::claims,
+        tx: control_tx,
+    };
+    let stasis_rx = Arc::new(Mutex::new(stasis_rx));
+    let stasis_task = {
+        let client = client.clone();
+        supervisor.register(
+            TaskSpec::new(name("stasis"))
+                .stop_after(&pipeline)
+                .gated(gate.clone()),
+            move |a: Attempt| {
+                let (client, rx, divert) = (client.clone(), stasis_rx.clone(), divert.clone());
+                async move {
+                    stasis::run(client, &mut *rx.lock().await, Some(divert), a.cancel).await
+                }
+            },
+        )
+    };
+    {
+        let (ctl, rx) = (control.clone(), Arc::new(Mutex::new(control_rx)));
+        supervisor.register(
+            TaskSpec::new(name("control"))
+                .stop_after(&stasis_task)
+                .gated(gate.clone()),
+            move |a: Attempt| {
+                let (control, rx) = (ctl.clone(), rx.clone());
+                async move { control.run(&mut *rx.lock().await, a.cancel).await }
+            },
+        );
+        let (ctl, hub) = (control.clone(), hub.clone());
+        supervisor.register(
+            TaskSpec::new(name("recorder")).gated(gate.clone()),
+            move |a: Attempt| ctl.clone().run_recorder(hub.clone(), a.cancel),
+        );
+    }
+
+    // CEL backfill (when the node's CEL URL is set): at start (and takeover), after every
+    // ARI (re)connect and every CEL_SWEEP_INTERVAL.
+    if let Some(url) = node.cel_url.clone() {
+        let (db, agents, link) = (db.clone(), agents.clone(), state_rx.clone());
+        let every = Duration::from_secs(settings.cel.cel_sweep_interval);
+        let node_name = node.name.clone();
+        supervisor.register(
+            TaskSpec::new(name("cel"))
+                .records_calls()
+                .gated(gate.clone()),
+            move |a: Attempt| {
+                let backfill =
+                    crate::cel::backfill::Backfill::new(&url, Some(db.clone()), agents.clone())
+                        .on_node(&node_name);
+                crate::cel::backfill::run(
+                    backfill,
+                    link.clone(),
+                    |s: &AriState| match s {
+                        AriState::Connected { since, .. } => Some(*since),
+                        _ => None,
+                    },
+                    every,
+                    a.cancel,
+                )
+            },
+        );
+    }
+    NodeStack {
+        client,
+        ami,
+        pipeline,
+        view: http::NodeView {
+            name: node.name.clone(),
+            ari_state: state_rx,
+            consuming: gate,
+            ingest_stats,
+            control: Some(control),
+        },
+    }
+}
+
 /// Binds `METRICS_LISTEN` and serves `app` (only `/metrics`) on it as the supervised task
 /// `metrics`; returns the bound address.
 async fn serve_metrics(
@@ -344,6 +509,8 @@ async fn serve_metrics(
 /// What every attempt of the `pipeline` task shares with the others.
 struct PipelineTask {
     db: Db,
+    /// The Asterisk node whose events this pipeline folds.
+    node: String,
     agents: AgentMatcher,
     /// The events queue, locked by the attempt that runs.
     rx: Mutex<mpsc::UnboundedReceiver<AriMessage>>,
@@ -381,17 +548,18 @@ impl PipelineTask {
                 "pipeline restart: the writer still has records queued; reading the open calls anyway"
             );
         }
-        let open = store::open_calls(&self.db, Source::Asterisk)
+        let open = store::open_calls(&self.db, Source::Asterisk, Some(&self.node))
             .await
             .context("reading the calls left open")?;
         if !open.is_empty() {
             tracing::info!(
+                node = %self.node,
                 calls = open.len(),
                 restart = attempt.is_restart(),
                 "picking up the calls left open in the database"
             );
         }
-        let mut tracker = Tracker::new(self.agents.clone());
+        let mut tracker = Tracker::new(self.agents.clone()).on_node(&self.node);
         tracker.restore(open);
         let writer = self
             .writer

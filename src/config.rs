@@ -70,6 +70,7 @@ impl Settings {
                 secret.expose().len()
             ));
         }
+        self.nodes()?;
         Ok(())
     }
 }
@@ -221,6 +222,8 @@ pub struct Settings {
     pub kavkom: KavkomSettings,
     #[command(flatten)]
     pub control: ControlSettings,
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
 }
 
 /// Database, HTTP API and logging.
@@ -591,6 +594,155 @@ pub struct KavkomSettings {
     /// At most this many Kavkom requests a second.
     #[arg(long, env = "KAVKOM_MAX_RPS", default_value_t = 1.0, global = true)]
     pub kavkom_max_rps: f64,
+}
+
+/// Several Asterisk nodes and several pbxbridge replicas.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Nodes and replicas")]
+pub struct ClusterSettings {
+    /// Comma-separated Asterisk nodes as `name=ARI_URL` (e.g.
+    /// `pbx1=http://10.0.0.11:8088,pbx2=http://10.0.0.12:8088`); names are 1-32 of
+    /// `a-z 0-9 _ -`. Per node, `ASTERISK_<NAME>_ARI_USERNAME`, `_ARI_PASSWORD`, `_ARI_APP`,
+    /// `_AMI_HOST`, `_AMI_PORT`, `_AMI_USERNAME`, `_AMI_SECRET` and `_CEL_URL` (NAME in
+    /// upper case, `-` as `_`) override the single-node settings. Unset: one node, `default`,
+    /// from ARI_URL and the AMI settings.
+    #[arg(long, env = "ASTERISK_NODES", global = true)]
+    pub asterisk_nodes: Option<String>,
+    /// This replica's name in logs, `/health` and `cluster_leases` (default: host name and
+    /// process id).
+    #[arg(long, env = "REPLICA_ID", global = true)]
+    pub replica_id: Option<String>,
+}
+
+/// One Asterisk node: its name and the ARI, AMI and CEL settings that reach it.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// The node's name (`default` for the single node of ARI_URL).
+    pub name: String,
+    /// Its ARI.
+    pub ari: AriSettings,
+    /// Its AMI (off when `ami_username` is unset).
+    pub ami: AmiSettings,
+    /// Its CEL database, when backfill is on for it.
+    pub cel_url: Option<Secret>,
+}
+
+/// The name of the single Asterisk node configured by `ARI_URL` (without `ASTERISK_NODES`).
+pub const DEFAULT_NODE: &str = "default";
+
+/// The longest node name.
+pub const MAX_NODE_NAME: usize = 32;
+
+impl Settings {
+    /// The Asterisk nodes (see [`ClusterSettings::asterisk_nodes`]), per-node settings read
+    /// from the process environment.
+    ///
+    /// Errors: one line naming `ASTERISK_NODES` or the per-node variable at fault.
+    pub fn nodes(&self) -> Result<Vec<NodeSettings>, String> {
+        self.nodes_from(|k| std::env::var(k).ok())
+    }
+
+    /// [`Settings::nodes`] with per-node settings looked up by `env`.
+    pub fn nodes_from(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<NodeSettings>, String> {
+        let Some(list) = self
+            .cluster
+            .asterisk_nodes
+            .as_deref()
+            .filter(|l| !l.trim().is_empty())
+        else {
+            return Ok(vec![NodeSettings {
+                name: DEFAULT_NODE.to_string(),
+                ari: self.ari.clone(),
+                ami: self.ami.clone(),
+                cel_url: self.cel.asterisk_cel_url.clone(),
+            }]);
+        };
+        let mut nodes: Vec<NodeSettings> = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let Some((name, url)) = item.split_once('=') else {
+                return Err(format!(
+                    "ASTERISK_NODES: {item:?} is not name=ARI_URL (e.g. pbx1=http://10.0.0.11:8088)"
+                ));
+            };
+            let (name, url) = (name.trim(), url.trim());
+            if name.is_empty()
+                || name.len() > MAX_NODE_NAME
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(format!(
+                    "ASTERISK_NODES: node name {name:?} must be 1-{MAX_NODE_NAME} of a-z 0-9 _ -"
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "ASTERISK_NODES: node {name}: ARI URL must start with http:// or https://"
+                ));
+            }
+            if nodes.iter().any(|n| n.name == name) {
+                return Err(format!("ASTERISK_NODES: node {name} is listed twice"));
+            }
+            let prefix = format!("ASTERISK_{}_", name.to_ascii_uppercase().replace('-', "_"));
+            let var = |k: &str| env(&format!("{prefix}{k}")).filter(|v| !v.is_empty());
+            let mut ari = self.ari.clone();
+            ari.ari_url = url.to_string();
+            if let Some(v) = var("ARI_USERNAME") {
+                ari.ari_username = v;
+            }
+            if let Some(v) = var("ARI_PASSWORD") {
+                ari.ari_password = Secret::new(v);
+            }
+            if let Some(v) = var("ARI_APP") {
+                ari.ari_app = v;
+            }
+            let mut ami = self.ami.clone();
+            if let Some(v) = var("AMI_HOST") {
+                ami.ami_host = v;
+            }
+            if let Some(v) = var("AMI_PORT") {
+                ami.ami_port = v
+                    .parse()
+                    .map_err(|_| format!("{prefix}AMI_PORT: {v:?} is not a TCP port"))?;
+            }
+            if let Some(v) = var("AMI_USERNAME") {
+                ami.ami_username = Some(v);
+            }
+            if let Some(v) = var("AMI_SECRET") {
+                ami.ami_secret = Secret::new(v);
+            }
+            nodes.push(NodeSettings {
+                name: name.to_string(),
+                ari,
+                ami,
+                // A CEL table holds one node's calls (its linkedids are unique only there):
+                // the shared ASTERISK_CEL_URL is not applied to named nodes.
+                cel_url: var("CEL_URL").map(Secret::new),
+            });
+        }
+        if nodes.is_empty() {
+            return Err("ASTERISK_NODES lists no node".into());
+        }
+        Ok(nodes)
+    }
+
+    /// This replica's id: `REPLICA_ID`, else `HOSTNAME-PID`.
+    pub fn replica_id(&self) -> String {
+        self.cluster
+            .replica_id
+            .clone()
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| {
+                let host = nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "pbxbridge".into());
+                format!("{host}-{}", std::process::id())
+            })
+    }
 }
 
 fn parse_regex(s: &str) -> Result<regex::Regex, String> {

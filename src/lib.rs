@@ -15,6 +15,7 @@ pub mod calls;
 pub mod cel;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod db;

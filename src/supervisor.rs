@@ -69,6 +69,9 @@ pub enum TaskState {
     Restarting,
     /// The supervisor was cancelled and the task's last attempt ended: it will not run again.
     Stopped,
+    /// A gated task ([`TaskSpec::gated`]) whose gate is closed: another replica holds the
+    /// lease, and this one runs no attempt until it takes it over.
+    Standby,
 }
 
 impl fmt::Display for TaskState {
@@ -77,6 +80,7 @@ impl fmt::Display for TaskState {
             TaskState::Running => "running",
             TaskState::Restarting => "restarting",
             TaskState::Stopped => "stopped",
+            TaskState::Standby => "standby",
         })
     }
 }
@@ -149,6 +153,7 @@ pub struct TaskSpec {
     name: String,
     records_calls: bool,
     after: Vec<TaskHandle>,
+    gate: Option<watch::Receiver<bool>>,
 }
 
 impl TaskSpec {
@@ -158,6 +163,7 @@ impl TaskSpec {
             name: name.into(),
             records_calls: false,
             after: Vec::new(),
+            gate: None,
         }
     }
 
@@ -165,6 +171,15 @@ impl TaskSpec {
     /// unrecorded, and [`TaskStatuses::recording_down`] lists it.
     pub fn records_calls(mut self) -> Self {
         self.records_calls = true;
+        self
+    }
+
+    /// Runs the task only while `gate` is true (this replica holds the task's lease, see
+    /// `cluster::lease`): while it is false the task is [`TaskState::Standby`]; when it turns
+    /// false the running attempt is cancelled (no error, no backoff), and a fresh attempt
+    /// starts when it turns true again.
+    pub fn gated(mut self, gate: watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -278,7 +293,9 @@ impl TaskStatuses {
     pub fn recording_down(&self) -> Vec<TaskStatus> {
         self.snapshot()
             .into_iter()
-            .filter(|s| s.records_calls && s.state != TaskState::Running)
+            .filter(|s| {
+                s.records_calls && s.state != TaskState::Running && s.state != TaskState::Standby
+            })
             .collect()
     }
 }
@@ -386,6 +403,7 @@ impl Supervisor {
             name,
             records_calls,
             after,
+            gate,
         } = spec;
         let cancelled = self.inner.cancel.is_cancelled();
         let (status, _) = watch::channel(TaskStatus {
@@ -432,6 +450,7 @@ impl Supervisor {
             self.inner.clone(),
             entry,
             stop,
+            gate,
             Arc::new(factory),
         ));
         handle
@@ -472,6 +491,7 @@ async fn supervise<F, Fut>(
     inner: Arc<Inner>,
     entry: Arc<Entry>,
     stop: CancellationToken,
+    mut gate: Option<watch::Receiver<bool>>,
     factory: Arc<F>,
 ) where
     F: Fn(Attempt) -> Fut + Send + Sync + 'static,
@@ -482,11 +502,36 @@ async fn supervise<F, Fut>(
     let mut delays = inner.backoff.delays();
     let mut number: u32 = 0;
     loop {
+        // A gated task waits, in standby, until its gate opens.
+        if let Some(g) = gate.as_mut()
+            && !*g.borrow_and_update()
+        {
+            entry.set_state(TaskState::Standby);
+            tracing::debug!(task = %name, "task in standby");
+            let opened = tokio::select! {
+                _ = stop.cancelled() => false,
+                r = g.wait_for(|open| *open) => r.is_ok(),
+            };
+            if !opened {
+                entry.stopped(None);
+                return;
+            }
+        }
         number += 1;
         let attempt = Attempt {
             number,
             cancel: stop.child_token(),
         };
+        // The gate closing ends the attempt, as a restart request does.
+        let _gate_watch = gate.clone().map(|mut g| {
+            let (cancel, entry) = (attempt.cancel.clone(), entry.clone());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                if g.wait_for(|open| !*open).await.is_ok() {
+                    entry.slot().restart_requested = true;
+                    cancel.cancel();
+                }
+            }))
+        });
         *entry.slot() = Slot {
             cancel: Some(attempt.cancel.clone()),
             restart_requested: false,
@@ -514,6 +559,18 @@ async fn supervise<F, Fut>(
             }
             entry.stopped(failure);
             return;
+        }
+        if let Some(g) = &gate
+            && !*g.borrow()
+        {
+            match &failure {
+                Some(e) => {
+                    tracing::warn!(task = %name, "task {name} in standby (lease lost; its attempt failed: {e})")
+                }
+                None => tracing::info!(task = %name, "task {name} in standby (lease lost)"),
+            }
+            entry.set_state(TaskState::Standby);
+            continue;
         }
         if started.elapsed() >= inner.backoff.healthy_after {
             delays = inner.backoff.delays();

@@ -83,10 +83,15 @@ text_enum!(CallStatus { Answered => "answered", Missed => "missed", Busy => "bus
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
-    /// Stable id: UUID v5 of (`source`, `call_id`), so replays and resyncs never double a call.
+    /// Stable id: UUID v5 of (`source`, `node`, `call_id`) (see [`CallRecord::stable_id_on`]),
+    /// so replays and resyncs never double a call.
     pub id: Uuid,
     /// PBX the call came from.
     pub source: Source,
+    /// The Asterisk node the call came from (`ASTERISK_NODES` name; `default` for the single
+    /// node of `ARI_URL`); `None` for hosted PBXs. Linkedids are unique per node only, so the
+    /// record key is (`source`, `node`, `call_id`).
+    pub node: Option<String>,
     /// External id (`external_id` column): the Asterisk linkedid, Kerio's derived id, Kavkom's CDR uuid.
     pub call_id: String,
     /// Direction.
@@ -142,6 +147,8 @@ pub struct CallRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+pub use crate::config::DEFAULT_NODE;
+
 /// Namespace for [`CallRecord::stable_id`].
 const CALL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_9b0d_4c3a_8e57_1d2b_3c4d_5e6f);
 
@@ -152,6 +159,32 @@ impl CallRecord {
             &CALL_ID_NAMESPACE,
             format!("{}:{}", source.as_str(), call_id).as_bytes(),
         )
+    }
+
+    /// The record id for a call of an Asterisk node: UUID v5 of `source:node:call_id`; for no
+    /// node or [`DEFAULT_NODE`] it is [`CallRecord::stable_id`], the id records had before
+    /// nodes existed.
+    pub fn stable_id_on(source: Source, node: Option<&str>, call_id: &str) -> Uuid {
+        match node {
+            None | Some(DEFAULT_NODE) => Self::stable_id(source, call_id),
+            Some(node) => Uuid::new_v5(
+                &CALL_ID_NAMESPACE,
+                format!("{}:{node}:{call_id}", source.as_str()).as_bytes(),
+            ),
+        }
+    }
+
+    /// This record as a call of Asterisk node `node`: sets `node` and the id that goes with
+    /// it ([`CallRecord::stable_id_on`]).
+    pub fn on_node(mut self, node: Option<&str>) -> Self {
+        self.set_node(node);
+        self
+    }
+
+    /// Sets `node` and the id that goes with it, in place (see [`CallRecord::on_node`]).
+    pub fn set_node(&mut self, node: Option<&str>) {
+        self.id = Self::stable_id_on(self.source, node, &self.call_id);
+        self.node = node.map(str::to_string);
     }
 
     /// A new ringing record with the given start; every other field empty.
@@ -165,6 +198,7 @@ impl CallRecord {
         CallRecord {
             id: Self::stable_id(source, call_id),
             source,
+            node: None,
             call_id: call_id.to_string(),
             direction,
             from_number: None,

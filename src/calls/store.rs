@@ -1,4 +1,4 @@
-//! SQL for call records: idempotent upsert on (`source`, `external_id`), the gap-filling
+//! SQL for call records: idempotent upsert on (`source`, `node`, `external_id`), the gap-filling
 //! write of records rebuilt after the fact (CEL backfill: never over a call ARI saw whole),
 //! lookups and the filtered, paged listing behind `GET /calls`. One SQL text per query for
 //! both backends.
@@ -13,7 +13,7 @@ use super::model::{CallRecord, CallState, CallStatus, Direction, Source};
 use super::stats::{Group, GroupBy, Stats, offset_segments};
 use crate::db::{Db, DbError, format_time, get_bool, parse_time};
 
-const COLUMNS: &str = "id, source, external_id, direction, from_number, to_number, extension, \
+const COLUMNS: &str = "id, source, node, external_id, direction, from_number, to_number, extension, \
     start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
     hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
     origin, transferred_to";
@@ -37,12 +37,12 @@ macro_rules! update_set {
 }
 
 const UPSERT: &str = concat!(
-    "INSERT INTO calls (id, source, external_id, direction, from_number, to_number, extension, \
+    "INSERT INTO calls (id, source, node, external_id, direction, from_number, to_number, extension, \
     start_time, answer_time, end_time, duration, billsec, state, status, hangup_cause, \
     hangup_cause_text, dial_status, recording_path, voicemail, reconstructed, raw, created_at, updated_at, \
     origin, transferred_to) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
-    ON CONFLICT (source, external_id) DO UPDATE SET ",
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+    ON CONFLICT (source, node, external_id) DO UPDATE SET ",
     update_set!(),
     " WHERE COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed"
 );
@@ -64,6 +64,8 @@ pub struct CallFilter {
     pub number: Option<String>,
     /// Only this source.
     pub source: Option<Source>,
+    /// Only calls of this Asterisk node.
+    pub node: Option<String>,
     /// Page size (`None`: all rows).
     pub limit: Option<i64>,
     /// Rows to skip.
@@ -93,12 +95,14 @@ pub async fn upsert_many(db: &Db, records: &[CallRecord]) -> Result<(), DbError>
 /// Inserts or updates one record and tells which: `true` when it was new.
 pub async fn upsert_one(db: &Db, record: &CallRecord) -> Result<bool, DbError> {
     let mut tx = db.pool().begin().await?;
-    let existed = sqlx::query("SELECT 1 FROM calls WHERE source = $1 AND external_id = $2")
-        .bind(record.source.as_str())
-        .bind(record.call_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+    let existed =
+        sqlx::query("SELECT 1 FROM calls WHERE source = $1 AND node = $2 AND external_id = $3")
+            .bind(record.source.as_str())
+            .bind(node_key(record))
+            .bind(record.call_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
     bind_record(sqlx::query(UPSERT), record)
         .execute(&mut *tx)
         .await?;
@@ -143,57 +147,70 @@ pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbErr
         let mut tx = db.pool().begin().await?;
         // Rows that exist already, per source (one source per batch in practice), and
         // whether each may still be replaced (unfinished or reconstructed).
-        let mut existing: HashMap<(String, String), bool> = HashMap::new();
-        let mut sources: Vec<Source> = Vec::new();
+        let mut existing: HashMap<(String, String, String), bool> = HashMap::new();
+        let mut scopes: Vec<(Source, &str)> = Vec::new();
         for r in batch {
-            if !sources.contains(&r.source) {
-                sources.push(r.source);
+            if !scopes.contains(&(r.source, node_key(r))) {
+                scopes.push((r.source, node_key(r)));
             }
         }
-        for source in sources {
+        for (source, node) in scopes {
             let ids: Vec<&str> = batch
                 .iter()
-                .filter(|r| r.source == source)
+                .filter(|r| r.source == source && node_key(r) == node)
                 .map(|r| r.call_id.as_str())
                 .collect();
-            let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
                 "SELECT external_id, CASE WHEN end_time IS NULL OR reconstructed THEN 1 ELSE 0 END AS open \
-                 FROM calls WHERE source = $1 AND external_id IN ({})",
+                 FROM calls WHERE source = $1 AND node = $2 AND external_id IN ({})",
                 placeholders.join(", ")
             );
             // Not a prepared statement: PostgreSQL then plans with the values and uses the
-            // (source, external_id) index; a generic plan scanned the table (500x slower).
-            let mut q = sqlx::query(&sql).persistent(false).bind(source.as_str());
+            // (source, node, external_id) index; a generic plan scanned the table (500x slower).
+            let mut q = sqlx::query(&sql)
+                .persistent(false)
+                .bind(source.as_str())
+                .bind(node);
             for id in &ids {
                 q = q.bind(*id);
             }
             for row in q.fetch_all(&mut *tx).await? {
                 let open = row.try_get::<i64, _>("open")? != 0;
                 existing.insert(
-                    (source.as_str().to_string(), row.try_get("external_id")?),
+                    (
+                        source.as_str().to_string(),
+                        node.to_string(),
+                        row.try_get("external_id")?,
+                    ),
                     open,
                 );
             }
         }
         // Rows seen whole are skipped without a write; the others go through the guarded
         // upsert (which still refuses a row the live writer finished in the meantime).
-        let key = |r: &CallRecord| (r.source.as_str().to_string(), r.call_id.clone());
+        let key = |r: &CallRecord| {
+            (
+                r.source.as_str().to_string(),
+                node_key(r).to_string(),
+                r.call_id.clone(),
+            )
+        };
         let todo: Vec<&CallRecord> = batch
             .iter()
             .filter(|r| existing.get(&key(r)).copied().unwrap_or(true))
             .collect();
-        let mut written: HashSet<(String, String)> = HashSet::new();
+        let mut written: HashSet<(String, String, String)> = HashSet::new();
         if !todo.is_empty() {
             let mut values = Vec::with_capacity(todo.len());
             for i in 0..todo.len() {
-                let base = i * 25;
-                let ph: Vec<String> = (1..=25).map(|k| format!("${}", base + k)).collect();
+                let base = i * 26;
+                let ph: Vec<String> = (1..=26).map(|k| format!("${}", base + k)).collect();
                 values.push(format!("({})", ph.join(", ")));
             }
             let sql = format!(
-                "INSERT INTO calls ({COLUMNS}) VALUES {} ON CONFLICT (source, external_id) DO UPDATE SET {FILL_SET} \
-                 WHERE calls.end_time IS NULL OR calls.reconstructed RETURNING source, external_id",
+                "INSERT INTO calls ({COLUMNS}) VALUES {} ON CONFLICT (source, node, external_id) DO UPDATE SET {FILL_SET} \
+                 WHERE calls.end_time IS NULL OR calls.reconstructed RETURNING source, node, external_id",
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql);
@@ -201,7 +218,11 @@ pub async fn fill_gaps(db: &Db, records: &[CallRecord]) -> Result<GapFill, DbErr
                 q = bind_record(q, r);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                written.insert((row.try_get("source")?, row.try_get("external_id")?));
+                written.insert((
+                    row.try_get("source")?,
+                    row.try_get("node")?,
+                    row.try_get("external_id")?,
+                ));
             }
         }
         tx.commit().await?;
@@ -229,12 +250,19 @@ pub async fn newest_start(db: &Db, source: Source) -> Result<Option<DateTime<Utc
         .transpose()
 }
 
+/// The `node` column of a record: its node, or `''` for hosted PBXs (part of the unique key,
+/// so never NULL).
+fn node_key(r: &CallRecord) -> &str {
+    r.node.as_deref().unwrap_or("")
+}
+
 fn bind_record<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     r: &'q CallRecord,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     q.bind(r.id.to_string())
         .bind(r.source.as_str())
+        .bind(node_key(r))
         .bind(r.call_id.as_str())
         .bind(r.direction.as_str())
         .bind(r.from_number.as_deref())
@@ -294,29 +322,38 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<CallRecord>, DbError> {
     row.as_ref().map(decode).transpose()
 }
 
-/// One record by source and external id.
+/// One record by source, node (`None` for hosted PBXs) and external id.
 pub async fn get_by_call_id(
     db: &Db,
     source: Source,
+    node: Option<&str>,
     call_id: &str,
 ) -> Result<Option<CallRecord>, DbError> {
-    let sql = format!("SELECT {COLUMNS} FROM calls WHERE source = $1 AND external_id = $2");
+    let sql =
+        format!("SELECT {COLUMNS} FROM calls WHERE source = $1 AND node = $2 AND external_id = $3");
     let row = sqlx::query(&sql)
         .bind(source.as_str())
+        .bind(node.unwrap_or(""))
         .bind(call_id)
         .fetch_optional(db.pool())
         .await?;
     row.as_ref().map(decode).transpose()
 }
 
-/// Records of `source` still live (state ringing or connected): what a restarted daemon
-/// must pick up again.
-pub async fn open_calls(db: &Db, source: Source) -> Result<Vec<CallRecord>, DbError> {
+/// Records of `source` (and Asterisk node `node`; `None` for hosted PBXs) still live (state
+/// ringing or connected): what a restarted daemon, or the replica taking a node over, must
+/// pick up again.
+pub async fn open_calls(
+    db: &Db,
+    source: Source,
+    node: Option<&str>,
+) -> Result<Vec<CallRecord>, DbError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND state IN ('ringing', 'connected') ORDER BY start_time"
+        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND node = $2 AND state IN ('ringing', 'connected') ORDER BY start_time"
     );
     let rows = sqlx::query(&sql)
         .bind(source.as_str())
+        .bind(node.unwrap_or(""))
         .fetch_all(db.pool())
         .await?;
     rows.iter().map(decode).collect()
@@ -536,6 +573,9 @@ fn where_clause(f: &CallFilter) -> (String, Vec<String>) {
     if let Some(s) = f.source {
         push("source = ?", s.as_str().into(), &mut args);
     }
+    if let Some(n) = &f.node {
+        push("node = ?", n.clone(), &mut args);
+    }
     if let Some(n) = &f.number {
         args.push(n.clone());
         let i = args.len();
@@ -569,6 +609,7 @@ fn decode(row: &AnyRow) -> Result<CallRecord, DbError> {
     Ok(CallRecord {
         id: id.parse().map_err(|_| bad("id", &id))?,
         source: Source::parse(&source).ok_or_else(|| bad("source", &source))?,
+        node: Some(text(row, "node")?).filter(|n| !n.is_empty()),
         call_id: text(row, "external_id")?,
         direction: Direction::parse(&direction).ok_or_else(|| bad("direction", &direction))?,
         from_number: opt(row, "from_number")?,

@@ -172,6 +172,8 @@ pub struct TrackerStats {
 #[derive(Debug)]
 pub struct Tracker {
     source: Source,
+    /// The Asterisk node every record belongs to (see [`Tracker::on_node`]).
+    node: Option<String>,
     agents: AgentMatcher,
     channels: HashMap<String, ChanInfo>,
     calls: HashMap<String, LiveCall>,
@@ -192,6 +194,7 @@ impl Tracker {
     pub fn new(agents: AgentMatcher) -> Self {
         Tracker {
             source: Source::Asterisk,
+            node: Some(crate::calls::model::DEFAULT_NODE.to_string()),
             agents,
             channels: HashMap::new(),
             calls: HashMap::new(),
@@ -221,12 +224,23 @@ impl Tracker {
         v
     }
 
+    /// The tracker of Asterisk node `node`: its records carry the node and the id that goes
+    /// with it ([`CallRecord::on_node`]). Without this, the node is `default`.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
     /// Takes back calls that were live when the daemon stopped (from the database). They
     /// are matched to channels by linkedid at the next [`Tracker::resync`]; those whose
-    /// channels are gone are finished then, marked reconstructed.
+    /// channels are gone are finished then, marked reconstructed. Records of another source
+    /// or node are ignored.
     pub fn restore(&mut self, records: Vec<CallRecord>) {
         for rec in records {
-            if rec.source != self.source || self.calls.contains_key(&rec.call_id) {
+            if rec.source != self.source
+                || rec.node != self.node
+                || self.calls.contains_key(&rec.call_id)
+            {
                 continue;
             }
             let mut call = LiveCall::new(rec.clone());
@@ -635,9 +649,12 @@ impl Tracker {
     /// The live call `lid`, created (ringing, starting when `ch` was created) if unknown.
     fn call_entry(&mut self, lid: &str, ch: &Channel, ts: DateTime<Utc>) -> &mut LiveCall {
         let source = self.source;
+        let node = self.node.as_deref();
         self.calls.entry(lid.to_string()).or_insert_with(|| {
             let start = ch.creationtime.min(ts);
-            let mut c = LiveCall::new(CallRecord::new(source, lid, Direction::Inbound, start));
+            let mut c = LiveCall::new(
+                CallRecord::new(source, lid, Direction::Inbound, start).on_node(node),
+            );
             c.mark(CallChange::Created);
             c
         })

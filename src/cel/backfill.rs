@@ -99,6 +99,8 @@ pub struct Backfill {
     cel: Option<CelStore>,
     db: Option<Db>,
     agents: AgentMatcher,
+    /// The Asterisk node whose CEL this is (its records carry it).
+    node: String,
 }
 
 impl std::fmt::Debug for Backfill {
@@ -120,6 +122,23 @@ impl Backfill {
             cel: None,
             db,
             agents,
+            node: crate::calls::model::DEFAULT_NODE.to_string(),
+        }
+    }
+
+    /// The backfill of Asterisk node `node` (`ASTERISK_<NODE>_CEL_URL`): its records carry
+    /// the node, and its watermark is `cel:backfill:NODE` (`cel:backfill` for `default`).
+    pub fn on_node(mut self, node: &str) -> Backfill {
+        self.node = node.to_string();
+        self
+    }
+
+    /// The `sync_state` row of this node's watermark.
+    fn watermark_name(&self) -> String {
+        if self.node == crate::calls::model::DEFAULT_NODE {
+            WATERMARK.to_string()
+        } else {
+            format!("{WATERMARK}:{}", self.node)
         }
     }
 
@@ -142,7 +161,7 @@ impl Backfill {
     /// Errors: [`CelError::NoDatabase`] without a database, [`CelError::Db`].
     pub async fn next_window(&self, now: DateTime<Utc>) -> Result<Window, CelError> {
         let db = self.db.as_ref().ok_or(CelError::NoDatabase)?;
-        let mark = match watermark::get_watermark(db, WATERMARK).await? {
+        let mark = match watermark::get_watermark(db, &self.watermark_name()).await? {
             Some(m) => m,
             None => calls_store::newest_start(db, Source::Asterisk)
                 .await?
@@ -169,6 +188,7 @@ impl Backfill {
         let store = !dry_run && self.db.is_some();
         let db = self.db.clone();
         let agents = self.agents.clone();
+        let node = self.node.clone();
         let cel = self.cel().await?.clone();
         let linkedids = cel.linkedids_ending(window.from, window.to).await?;
         let mut progress = Progress {
@@ -192,7 +212,10 @@ impl Backfill {
                 .map_err(|e| CelError::Read(format!("reading task failed: {e}")))?;
             let rows = rows?;
             next = chunks.next().map(read);
-            let folded = fold_rows(&rows, &agents);
+            let mut folded = fold_rows(&rows, &agents);
+            for rec in &mut folded.records {
+                rec.set_node(Some(&node));
+            }
             let r = &mut progress.report;
             r.read_rows += rows.len() as u64;
             r.bad_rows += folded.bad_rows;
@@ -222,7 +245,7 @@ impl Backfill {
         let window = self.next_window(Utc::now()).await?;
         let report = self.run_window(window, false, &mut |_, _| {}).await?;
         let db = self.db.as_ref().ok_or(CelError::NoDatabase)?;
-        watermark::set_watermark(db, WATERMARK, window.to).await?;
+        watermark::set_watermark(db, &self.watermark_name(), window.to).await?;
         Ok((window, report))
     }
 }

@@ -118,6 +118,8 @@ pub struct Originated {
 /// Call control for one Asterisk. Cheap to share (`Arc`).
 pub struct Control {
     client: AriClient,
+    /// The Asterisk node `client` reaches (click-to-call records carry it).
+    node: String,
     /// AMI (when AMI_USERNAME is set): transfers of calls outside our Stasis application.
     ami: Option<AmiClient>,
     db: Db,
@@ -158,6 +160,7 @@ impl Control {
     ) -> Self {
         Control {
             client,
+            node: crate::config::DEFAULT_NODE.to_string(),
             ami,
             db,
             agents,
@@ -168,6 +171,17 @@ impl Control {
             record_on_answer: Mutex::default(),
             wake: Notify::new(),
         }
+    }
+
+    /// Call control of Asterisk node `node` (the one its ARI client reaches).
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = node.to_string();
+        self
+    }
+
+    /// The node this call control acts on.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The settings in use.
@@ -311,7 +325,7 @@ impl Control {
         req: &ClickToCall,
     ) -> Result<Originated, ControlError> {
         let channel_id = plan::new_channel_id();
-        let call_id = CallRecord::stable_id(Source::Asterisk, &channel_id);
+        let call_id = CallRecord::stable_id_on(Source::Asterisk, Some(&self.node), &channel_id);
         let result = async {
             let endpoint = self
                 .client

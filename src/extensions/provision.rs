@@ -81,6 +81,17 @@ pub struct ProvisionStats {
     pub failures: u64,
 }
 
+/// One Asterisk node the provisioner reloads and verifies.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The node's name.
+    pub node: String,
+    /// Its ARI.
+    pub ari: AriClient,
+    /// Its AMI, when configured.
+    pub ami: Option<AmiClient>,
+}
+
 /// Shared provisioner (the API holds it in `AppState`).
 pub struct Provisioner {
     db: Db,
@@ -116,9 +127,11 @@ impl Provisioner {
     pub fn new(
         db: Db,
         settings: &Settings,
-        ari: AriClient,
-        ami: Option<AmiClient>,
+        targets: Vec<Target>,
     ) -> Result<Provisioner, ProvisionError> {
+        let Some(Target { ari, ami, .. }) = targets.into_iter().next() else {
+            return Err(ProvisionError::NoAmi);
+        };
         let owner = match settings
             .pjsip
             .pjsip_file_owner

@@ -48,7 +48,7 @@ fn parse_int(name: &str, v: &str, min: i64, max: i64) -> Result<i64, ApiError> {
 }
 
 /// Builds a [`CallFilter`] from query parameters (`from`, `to`, `direction`, `status`,
-/// `extension`, `number`, `source`, `limit`, `offset`).
+/// `extension`, `number`, `source`, `node`, `limit`, `offset`).
 pub fn filter_from_query(q: &HashMap<String, String>, paged: bool) -> Result<CallFilter, ApiError> {
     let mut f = CallFilter {
         limit: paged.then_some(DEFAULT_LIMIT),
@@ -83,6 +83,7 @@ pub fn filter_from_query(q: &HashMap<String, String>, paged: bool) -> Result<Cal
                 })?)
             }
             "extension" if !v.is_empty() => f.extension = Some(v.clone()),
+            "node" if !v.is_empty() => f.node = Some(v.clone()),
             "number" if !v.is_empty() => f.number = Some(v.clone()),
             "limit" if paged => f.limit = Some(parse_int(k, v, 1, MAX_LIMIT)?),
             "offset" if paged => f.offset = parse_int(k, v, 0, i64::MAX)?,

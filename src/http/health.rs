@@ -1,7 +1,11 @@
 //! `GET /health` (no token): database and ARI state, pipeline counters, live fan-out
 //! counters and latency (`live`: `{written, resyncs, slowClosed, latency: {count, p50Ms,
 //! p99Ms, maxMs}}`, from the ARI frame arriving to the UI message written), and the
-//! supervised tasks (`tasks`: `[{name, state, recordsCalls, restarts, lastError, since}]`).
+//! supervised tasks (`tasks`: `[{name, state, recordsCalls, restarts, lastError, since}]`),
+//! this replica (`replica`), the Asterisk nodes (`nodes`: `[{name, role: consumer|standby,
+//! ari, frames, parseErrors}]`) and, on PostgreSQL, who holds each lease (`leases`:
+//! `[{name, replica, since}]`). A task in `standby` (another replica holds its lease) is not
+//! down.
 //! 200 when the database answers and every task that records calls is running; 503
 //! otherwise, with `"status": "degraded"` and the `reason`. The ARI state is reported, not
 //! required (its task keeps reconnecting while Asterisk is away).
@@ -60,7 +64,20 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "liveSubscribers": state.hub.subscribers(),
         "live": state.hub.stats().to_json(),
         "tasks": state.tasks.snapshot(),
+        "replica": state.replica,
+        "nodes": state.nodes.iter().map(|n| json!({
+            "name": n.name,
+            "role": if *n.consuming.borrow() { "consumer" } else { "standby" },
+            "ari": n.ari_state.borrow().clone(),
+            "frames": n.ingest_stats.frames.load(Ordering::Relaxed),
+            "parseErrors": n.ingest_stats.parse_errors.load(Ordering::Relaxed),
+        })).collect::<Vec<_>>(),
     });
+    if state.db.backend() == crate::db::Backend::Postgres
+        && let Ok(holders) = crate::cluster::store::holders(&state.db).await
+    {
+        body["leases"] = json!(holders);
+    }
     if !ok {
         body["reason"] = Value::String(reasons.join("; "));
     }

@@ -197,7 +197,7 @@ async fn recording(
     }
     // The record's own id works too.
     let mut cdr_id = call_id.clone();
-    if crate::calls::store::get_by_call_id(&state.db, Source::Kavkom, &call_id)
+    if crate::calls::store::get_by_call_id(&state.db, Source::Kavkom, None, &call_id)
         .await?
         .is_none()
         && uuid::Uuid::parse_str(&call_id).is_ok()

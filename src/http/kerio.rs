@@ -110,7 +110,7 @@ async fn recording(
             .filter(|c| c.source == Source::Kerio);
     }
     if call.is_none() {
-        call = store::get_by_call_id(&state.db, Source::Kerio, &call_id).await?;
+        call = store::get_by_call_id(&state.db, Source::Kerio, None, &call_id).await?;
     }
     let call = call.ok_or_else(|| ApiError::NotFound(format!("Kerio call {call_id}")))?;
     let (path, content_type) = kerio

@@ -2,7 +2,9 @@
 //! exposition (`text/plain; version=0.0.4`) of what [`crate::metrics`] records (names and
 //! labels listed there). The counters `/health` already keeps (queue depths, frames, live
 //! clients, task restarts, ARI state) are copied into it at scrape time, so both routes show
-//! the same numbers.
+//! the same numbers. Per Asterisk node (label `node`): `pbxbridge_node_ari_frames_total`,
+//! `pbxbridge_node_ari_connected` and `pbxbridge_node_consuming` (1 on the replica that
+//! holds the node's lease).
 
 use std::sync::atomic::Ordering;
 
@@ -36,6 +38,19 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     }
     let connected = matches!(*state.ari_state.borrow(), AriState::Connected { .. });
     metrics::gauge!("pbxbridge_ari_connected").set(if connected { 1.0 } else { 0.0 });
+    // Per Asterisk node: its frames, its link, and whether this replica consumes it.
+    for n in state.nodes.iter() {
+        metrics::counter!("pbxbridge_node_ari_frames_total", "node" => n.name.clone())
+            .absolute(n.ingest_stats.frames.load(Ordering::Relaxed));
+        let up = matches!(*n.ari_state.borrow(), AriState::Connected { .. });
+        metrics::gauge!("pbxbridge_node_ari_connected", "node" => n.name.clone()).set(if up {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("pbxbridge_node_consuming", "node" => n.name.clone())
+            .set(if *n.consuming.borrow() { 1.0 } else { 0.0 });
+    }
     metrics::gauge!("pbxbridge_live_clients").set(state.hub.subscribers() as f64);
     metrics::gauge!("pbxbridge_active_calls").set(state.hub.active_calls().len() as f64);
     for t in state.tasks.snapshot() {

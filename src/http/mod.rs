@@ -110,8 +110,34 @@ pub struct AppState {
     pub extensions: Option<Arc<crate::extensions::Provisioner>>,
     /// The supervised tasks' statuses (`/health`); empty when no supervisor runs.
     pub tasks: TaskStatuses,
-    /// Call control over ARI and Asterisk recordings, when running.
+    /// Call control over ARI and Asterisk recordings of the first node, when running.
     pub control: Option<Arc<crate::control::Control>>,
+    /// Every Asterisk node: its ARI state, whether this replica consumes it, its call control.
+    pub nodes: Arc<Vec<NodeView>>,
+    /// This replica's id (`REPLICA_ID`).
+    pub replica: String,
+}
+
+/// One Asterisk node as the API sees it.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    /// The node's name (`default` for the single node of ARI_URL).
+    pub name: String,
+    /// Its ARI events connection (`connecting` while this replica is in standby for it).
+    pub ari_state: watch::Receiver<AriState>,
+    /// True while this replica holds the node's lease and consumes its ARI.
+    pub consuming: watch::Receiver<bool>,
+    /// Its pipeline counters.
+    pub ingest_stats: Arc<IngestStats>,
+    /// Its call control.
+    pub control: Option<Arc<crate::control::Control>>,
+}
+
+impl AppState {
+    /// The view of node `name`, if configured.
+    pub fn node(&self, name: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
 }
 
 impl AppState {
@@ -134,6 +160,8 @@ impl AppState {
             extensions: None,
             tasks: TaskStatuses::default(),
             control: None,
+            nodes: Arc::default(),
+            replica: String::new(),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The messages live clients receive: `{"event": NAME, "data": {...}}` with the seeds'
-//! names and fields, the per-client filter (`?extension=`, `?events=`), and the snapshot
+//! names and fields, the per-client filter (`?extension=`, `?node=`, `?events=`), and the snapshot
 //! sent on connect.
 //!
-//! - `incoming_call` `{callId, source, fromNumber, toNumber, extension, direction, startTime, state: "ringing", labels}`:
+//! - `incoming_call` `{callId, source, node, fromNumber, toNumber, extension, direction, startTime, state: "ringing", labels}`:
 //!   a call starts ringing toward an agent (inbound or internal).
-//! - `call_status` `{callId, source, state, status, extension, transferredTo, answerTime, endTime, duration, billsec, labels}`:
+//! - `call_status` `{callId, source, node, state, status, extension, transferredTo, answerTime, endTime, duration, billsec, labels}`:
 //!   on every state change (ringing for outbound calls, connected, transferred, ended or
 //!   missed). `transferredTo` is the agent the call was transferred to (null when none).
 //! - the call JSON in `snapshot` is the API's, which carries `transferredTo` too.
@@ -37,6 +37,8 @@ pub const EVENT_NAMES: [&str; 3] = ["incoming_call", "call_status", "extension_s
 pub struct Filter {
     /// Only calls of this agent and this extension's status.
     pub extension: Option<String>,
+    /// Only calls of this Asterisk node (extension statuses are not filtered by node).
+    pub node: Option<String>,
     /// Only these event names (None: all).
     pub events: Option<HashSet<String>>,
 }
@@ -63,8 +65,15 @@ impl Filter {
         };
         Ok(Filter {
             extension: extension.filter(|e| !e.is_empty()).map(str::to_string),
+            node: None,
             events,
         })
+    }
+
+    /// This filter, keeping only calls of Asterisk node `node` (`?node=`; empty: all).
+    pub fn on_node(mut self, node: Option<&str>) -> Filter {
+        self.node = node.filter(|n| !n.is_empty()).map(str::to_string);
+        self
     }
 
     fn wants(&self, name: &str) -> bool {
@@ -74,6 +83,9 @@ impl Filter {
     /// A call is an agent's when the agent is its `extension` or it was transferred to
     /// the agent (`transferredTo`): after a transfer, agent B's console shows the call.
     fn wants_call(&self, r: &CallRecord) -> bool {
+        if self.node.is_some() && r.node != self.node {
+            return false;
+        }
         self.extension.as_ref().is_none_or(|e| {
             r.extension.as_deref() == Some(e.as_str())
                 || r.transferred_to.as_deref() == Some(e.as_str())
@@ -165,6 +177,7 @@ pub fn call_message(u: &CallUpdate, locale: Locale) -> Option<(&'static str, Val
             json!({
                 "callId": r.call_id,
                 "source": r.source,
+                "node": r.node,
                 "fromNumber": r.from_number,
                 "toNumber": r.to_number,
                 "extension": r.extension,
@@ -187,6 +200,7 @@ fn status_data(r: &CallRecord, locale: Locale, now: chrono::DateTime<Utc>) -> Va
     json!({
         "callId": r.call_id,
         "source": r.source,
+        "node": r.node,
         "state": r.state,
         "status": r.status,
         "extension": r.extension,

@@ -311,7 +311,7 @@ async fn restart_mid_call_finishes_the_same_record() {
             before.push(pbxbridge::ari::stream::AriMessage::frame(line.into()));
         }
         support::feed(&db, before).await;
-        let open = store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk)
+        let open = store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk, Some("default"))
             .await
             .unwrap();
         assert_eq!(open.len(), 1);
@@ -351,7 +351,7 @@ async fn call_that_vanished_while_down_is_finished_as_reconstructed() {
         }
         support::feed(&db, before).await;
         assert_eq!(
-            store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk)
+            store::open_calls(&db.db, pbxbridge::calls::Source::Asterisk, Some("default"))
                 .await
                 .unwrap()
                 .len(),

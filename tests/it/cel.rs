@@ -546,7 +546,7 @@ async fn cel_backfill_twice_is_the_same_and_never_overwrites_ari() {
         let get = |id: &'static str| {
             let db = db.db.clone();
             async move {
-                store::get_by_call_id(&db, Source::Asterisk, id)
+                store::get_by_call_id(&db, Source::Asterisk, Some("default"), id)
                     .await
                     .unwrap()
                     .unwrap()
@@ -874,8 +874,8 @@ async fn outage(db: &TestDb) {
     wait_until("the first daemon's records", &log, || {
         let dbc = dbc.clone();
         async move {
-            let whole = store::get_by_call_id(&dbc, Source::Asterisk, WHOLE).await;
-            let open = store::get_by_call_id(&dbc, Source::Asterisk, KILLED).await;
+            let whole = store::get_by_call_id(&dbc, Source::Asterisk, Some("default"), WHOLE).await;
+            let open = store::get_by_call_id(&dbc, Source::Asterisk, Some("default"), KILLED).await;
             let mark = pbxbridge::db::watermark::get_watermark(&dbc, WATERMARK).await;
             matches!(whole, Ok(Some(r)) if r.end_time.is_some())
                 && matches!(open, Ok(Some(r)) if r.end_time.is_none())
@@ -883,7 +883,7 @@ async fn outage(db: &TestDb) {
         }
     })
     .await;
-    let internal_seen = store::get_by_call_id(&db.db, Source::Asterisk, WHOLE)
+    let internal_seen = store::get_by_call_id(&db.db, Source::Asterisk, Some("default"), WHOLE)
         .await
         .unwrap()
         .unwrap();

@@ -508,7 +508,7 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
         assert!(first >= &expected, "{first} vs {expected}");
 
         // Mapping.
-        let a = calls_store::get_by_call_id(&t.db, Source::Kavkom, "u-000")
+        let a = calls_store::get_by_call_id(&t.db, Source::Kavkom, None, "u-000")
             .await
             .unwrap()
             .unwrap();
@@ -523,7 +523,7 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
         );
         assert_eq!(a.start_time.timestamp(), (base).timestamp());
         assert_eq!(a.raw.as_ref().unwrap()["caller_id_name"], "Client");
-        let c = calls_store::get_by_call_id(&t.db, Source::Kavkom, "u-001")
+        let c = calls_store::get_by_call_id(&t.db, Source::Kavkom, None, "u-001")
             .await
             .unwrap()
             .unwrap();
@@ -531,7 +531,7 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
             (c.direction, c.status, c.voicemail),
             (Direction::Outbound, Some(CallStatus::Missed), false)
         );
-        let v = calls_store::get_by_call_id(&t.db, Source::Kavkom, "u-002")
+        let v = calls_store::get_by_call_id(&t.db, Source::Kavkom, None, "u-002")
             .await
             .unwrap()
             .unwrap();
@@ -582,7 +582,7 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
             ["1", "2"],
             "short page 1, then page 2 to rule out a cap"
         );
-        let changed = calls_store::get_by_call_id(&t.db, Source::Kavkom, "u-249")
+        let changed = calls_store::get_by_call_id(&t.db, Source::Kavkom, None, "u-249")
             .await
             .unwrap()
             .unwrap();
@@ -622,7 +622,7 @@ async fn kavkom_date_filters_are_local_time() {
     assert_eq!(h.query["filter[end_date]"], "2025-10-25 14:00");
     assert_eq!(h.query["filter[number]"], "101");
     assert_eq!(h.query["page"], "1");
-    let rec = calls_store::get_by_call_id(&t.db, Source::Kavkom, "in-range")
+    let rec = calls_store::get_by_call_id(&t.db, Source::Kavkom, None, "in-range")
         .await
         .unwrap()
         .unwrap();

@@ -67,7 +67,9 @@ async fn seed_open_call(db: &TestDb, capture_name: &str, frames: usize) {
         before.push(AriMessage::frame(line.into()));
     }
     support::feed(db, before).await;
-    let open = store::open_calls(&db.db, Source::Asterisk).await.unwrap();
+    let open = store::open_calls(&db.db, Source::Asterisk, Some("default"))
+        .await
+        .unwrap();
     assert_eq!(open.len(), 1, "one call left open");
 }
 

@@ -145,7 +145,7 @@ async fn supervisor_health_is_503_while_a_call_recording_task_is_down() {
 }
 
 async fn open_calls(db: &TestDb) -> usize {
-    store::open_calls(&db.db, Source::Asterisk)
+    store::open_calls(&db.db, Source::Asterisk, Some("default"))
         .await
         .unwrap()
         .len()

@@ -318,7 +318,7 @@ async fn writer_poison_row_is_kept_and_every_other_call_written() {
         );
         assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
         for i in 0..300 {
-            let r = store::get_by_call_id(&db.db, Source::Asterisk, &format!("good-{i}"))
+            let r = store::get_by_call_id(&db.db, Source::Asterisk, None, &format!("good-{i}"))
                 .await
                 .unwrap()
                 .unwrap_or_else(|| panic!("{}: good-{i} missing", db.backend));
@@ -332,7 +332,7 @@ async fn writer_poison_row_is_kept_and_every_other_call_written() {
             stored_owner.call_id, "owner",
             "the collider changed nothing"
         );
-        let stored_nul = store::get_by_call_id(&db.db, Source::Asterisk, "nul")
+        let stored_nul = store::get_by_call_id(&db.db, Source::Asterisk, None, "nul")
             .await
             .unwrap();
         if db.backend == "sqlite" {

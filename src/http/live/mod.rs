@@ -1,6 +1,6 @@
 //! Live events for the UI: `GET /ws` (WebSocket) and `GET /events` (Server-Sent Events).
 //! Both need a token (header; `?ticket=` for browsers; `?token=` for machines; 401 before
-//! any upgrade), check the `Origin` against `CORS_ORIGINS`, accept `?extension=` and
+//! any upgrade), check the `Origin` against `CORS_ORIGINS`, accept `?extension=`, `?node=` and
 //! `?events=` filters, and start with a `snapshot`. The credential is checked again every
 //! [`REVOCATION_CHECK`] (2 s): once it is revoked (password changed, user removed), a
 //! WebSocket is closed with code 4001 and an event stream ends with a `closed` message
@@ -95,6 +95,7 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
         q.get("extension").map(String::as_str),
         q.get("events").map(String::as_str),
     )
+    .map(|f| f.on_node(q.get("node").map(String::as_str)))
     .map_err(|m| ApiError::bad_param("events", m))
 }
 

@@ -145,7 +145,8 @@ impl Kavkom {
         if let Some(p) = recording::find_cached(&dir, "kavkom", call_id).await {
             return Ok(cached(p));
         }
-        let rec = crate::calls::store::get_by_call_id(&self.db, Source::Kavkom, call_id).await?;
+        let rec =
+            crate::calls::store::get_by_call_id(&self.db, Source::Kavkom, None, call_id).await?;
         let file = rec.and_then(|r| r.recording_path);
         let (name, audio) = match file.as_deref() {
             Some(f) if f.starts_with("http://") || f.starts_with("https://") => {
