@@ -1,0 +1,355 @@
+//! Several Asterisk nodes and several replicas on one PostgreSQL: two real `pbxbridge
+//! serve` processes, two fake nodes ([`fake_node::Node`]) over real sockets. Calls from both
+//! nodes (with the same linkedids: they are unique per node only) are recorded once each
+//! with their node; the replica consuming the nodes is SIGKILLed mid-call and the other
+//! takes over within 5 s, losing and doubling nothing; a live client on the surviving
+//! replica sees the events of both nodes, relayed before the kill and its own after.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::fake_ari::{CAPTURE_ID, copy_id, inbound_answered};
+use super::fake_node::Node;
+use super::support::{self, TestDb};
+
+const TOKEN: &str = "cluster-token";
+/// The most a takeover may take (the limit).
+const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A `pbxbridge serve` replica of the cluster.
+struct Replica {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_replica(
+    db: &TestDb,
+    nodes: &str,
+    id: &str,
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> Replica {
+    let port = free_port();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.log")))
+        .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pbxbridge"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir)
+        .env("DATABASE_URL", &db.url)
+        .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ASTERISK_NODES", nodes)
+        .env("REPLICA_ID", id)
+        .env("API_TOKENS", TOKEN)
+        .env(
+            "PJSIP_INCLUDE_PATH",
+            dir.join(format!("{id}-pjsip.conf")).to_str().unwrap(),
+        )
+        .env("RUST_LOG", "info");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    let child = c
+        .arg("serve")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    Replica { child, port }
+}
+
+fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for id in ["r1", "r2"] {
+        out.push_str(&format!(
+            "--- {id}:\n{}\n",
+            std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+async fn wait_until<F, Fut>(what: &str, dir: &Path, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}\n{}", logs(dir));
+}
+
+async fn get_json(client: &reqwest::Client, port: u16, path: &str) -> Option<Value> {
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
+/// The frames of the `inbound-answered` capture with ids `{tag}{i:09}.N`.
+fn call(tag: char, i: usize) -> Vec<String> {
+    inbound_answered()
+        .replace(CAPTURE_ID, &copy_id(tag, i))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The linkedid of [`call`]`(tag, i)` (the capture's is `1795279489.22`).
+fn linkedid(tag: char, i: usize) -> String {
+    format!("{}22", copy_id(tag, i))
+}
+
+/// Frames of the capture up to the answer (the call is up, mid-call, after them).
+const MID_CALL: usize = 45;
+
+fn send_all(node: &Node, frames: &[String]) {
+    for f in frames {
+        assert!(node.send(f), "no consumer connected to the node");
+    }
+}
+
+/// Every Asterisk record in the database: (node, callId, status, billsec).
+async fn records(db: &TestDb) -> Vec<(String, String, Option<String>, i64, bool)> {
+    let (items, _) = pbxbridge::calls::store::list(&db.db, &Default::default())
+        .await
+        .unwrap();
+    items
+        .into_iter()
+        .map(|r| {
+            (
+                r.node.clone().unwrap_or_default(),
+                r.call_id.clone(),
+                r.status.map(|s| s.as_str().to_string()),
+                r.billsec,
+                r.end_time.is_some(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
+    let Some(db) = support::postgres().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let client = reqwest::Client::new();
+    let (a, url_a) = Node::start().await;
+    let (b, url_b) = Node::start().await;
+    let nodes = format!("a={url_a},b={url_b}");
+
+    // r1 starts first and takes both nodes; r2 stands by.
+    let mut r1 = spawn_replica(&db, &nodes, "r1", dir, &[]);
+    wait_until(
+        "r1 consuming both nodes",
+        dir,
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move { a.open_connections() == 1 && b.open_connections() == 1 }
+        },
+    )
+    .await;
+    let r2 = spawn_replica(&db, &nodes, "r2", dir, &[]);
+    wait_until("r2 up, in standby", dir, Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            get_json(&client, r2.port, "/health")
+                .await
+                .is_some_and(|h| {
+                    h["replica"] == "r2"
+                        && h["nodes"].as_array().is_some_and(|n| {
+                            n.len() == 2 && n.iter().all(|n| n["role"] == "standby")
+                        })
+                })
+        }
+    })
+    .await;
+    let h1 = get_json(&client, r1.port, "/health").await.unwrap();
+    assert!(
+        h1["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["role"] == "consumer"),
+        "{h1}"
+    );
+    assert_eq!(a.connections() + b.connections(), 2, "r2 must not connect");
+
+    // A live client on r2, the replica that consumes nothing yet.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?token={TOKEN}", r2.port))
+            .await
+            .unwrap();
+    let live = tokio::spawn(async move {
+        let mut seen: Vec<Value> = Vec::new();
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Ok(text) = msg.to_text()
+                && let Ok(v) = serde_json::from_str::<Value>(text)
+            {
+                seen.push(v);
+            }
+            if seen
+                .iter()
+                .filter(|m| m["event"] == "call_status" && m["data"]["state"] != "connected")
+                .count()
+                >= 4
+            {
+                break;
+            }
+        }
+        seen
+    });
+
+    // The same linkedid on both nodes: two calls. Then a call left up on node a.
+    send_all(&a, &call('7', 0));
+    send_all(&b, &call('7', 0));
+    let up = call('7', 1);
+    send_all(&a, &up[..MID_CALL]);
+    wait_until(
+        "r1 wrote both calls and the one up",
+        dir,
+        Duration::from_secs(20),
+        || {
+            let db = &db;
+            async move {
+                let r = records(db).await;
+                r.iter().filter(|x| x.4).count() == 2
+                    && r.iter()
+                        .any(|x| x.0 == "a" && x.1 == linkedid('7', 1) && !x.4)
+            }
+        },
+    )
+    .await;
+
+    // SIGKILL the consumer mid-call: r2 takes both nodes over within the limit.
+    r1.child.kill().unwrap();
+    let killed = Instant::now();
+    r1.child.wait().unwrap();
+    wait_until(
+        "r2 consuming both nodes",
+        dir,
+        Duration::from_secs(15),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move { a.connections() == 2 && b.connections() == 2 }
+        },
+    )
+    .await;
+    let took = a
+        .accepted_at(1)
+        .unwrap()
+        .max(b.accepted_at(1).unwrap())
+        .duration_since(killed);
+    eprintln!(
+        "failover: node links taken over {} ms after the SIGKILL",
+        took.as_millis()
+    );
+    assert!(
+        took <= FAILOVER_LIMIT,
+        "takeover took {took:?}\n{}",
+        logs(dir)
+    );
+
+    // The call goes on and ends on the new consumer; a new call on node b.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_all(&a, &up[MID_CALL..]);
+    send_all(&b, &call('7', 2));
+    wait_until("every call finished", dir, Duration::from_secs(20), || {
+        let db = &db;
+        async move {
+            let r = records(db).await;
+            r.len() == 4 && r.iter().all(|x| x.4)
+        }
+    })
+    .await;
+    let mut got = records(&db).await;
+    got.sort();
+    let want = |node: &str, i: usize| (node.to_string(), linkedid('7', i));
+    let keys: Vec<(String, String)> = got.iter().map(|x| (x.0.clone(), x.1.clone())).collect();
+    assert_eq!(
+        keys,
+        vec![want("a", 0), want("a", 1), want("b", 0), want("b", 2)],
+        "{got:?}"
+    );
+    for r in &got {
+        assert_eq!(r.2.as_deref(), Some("answered"), "{r:?}");
+    }
+    // The call up across the kill kept its answer and talk time (3 s in the capture).
+    let across = got
+        .iter()
+        .find(|x| x.0 == "a" && x.1 == linkedid('7', 1))
+        .unwrap();
+    assert!((across.3 - 3).abs() <= 1, "{across:?}");
+    // /calls on r2 filters by node.
+    let on_b = get_json(&client, r2.port, "/calls?node=b").await.unwrap();
+    assert_eq!(on_b["total"], 2, "{on_b}");
+    assert!(
+        on_b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["node"] == "b")
+    );
+
+    // The live client on r2 saw both nodes' calls: relayed from r1, then its own.
+    let seen = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .expect("live client saw the calls end")
+        .unwrap();
+    let nodes_seen: std::collections::BTreeSet<String> = seen
+        .iter()
+        .filter_map(|m| m["data"]["node"].as_str().map(String::from))
+        .collect();
+    assert!(
+        nodes_seen.contains("a") && nodes_seen.contains("b"),
+        "{seen:#?}"
+    );
+    let health = get_json(&client, r2.port, "/health").await.unwrap();
+    assert!(
+        health["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["role"] == "consumer"),
+        "{health}"
+    );
+    assert!(
+        health["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "ari:a" && l["replica"] == "r2"),
+        "{health}"
+    );
+    drop(r2);
+}
