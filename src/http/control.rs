@@ -70,11 +70,56 @@ impl From<ControlError> for ApiError {
     }
 }
 
-fn control(state: &AppState) -> Result<&Arc<Control>, ApiError> {
-    state
-        .control
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("call control is not running".into()))
+/// The call control of Asterisk node `node` (`None`: the first node). Call control runs on
+/// the replica that consumes the node (its Stasis channels come to that replica's events
+/// connection): on another replica it is a 503 naming the one to ask.
+async fn control<'a>(
+    state: &'a AppState,
+    node: Option<&str>,
+) -> Result<&'a Arc<Control>, ApiError> {
+    let Some(view) = node_view(state, node)? else {
+        return recordings(state, node);
+    };
+    if !*view.consuming.borrow() {
+        let holder = crate::cluster::store::holders(&state.db)
+            .await
+            .ok()
+            .and_then(|h| {
+                h.into_iter()
+                    .find(|l| l.name == format!("ari:{}", view.name))
+            })
+            .map(|l| l.replica)
+            .unwrap_or_else(|| "another replica".into());
+        return Err(ApiError::Unavailable(format!(
+            "call control of node {} runs on the replica consuming it ({holder}); send the request there",
+            view.name
+        )));
+    }
+    recordings(state, node)
+}
+
+/// The node `node` names (`None`: the first), or `None` when the state has no node list.
+fn node_view<'a>(
+    state: &'a AppState,
+    node: Option<&str>,
+) -> Result<Option<&'a crate::http::NodeView>, ApiError> {
+    match node {
+        _ if state.nodes.is_empty() => Ok(None),
+        Some(name) => state.node(name).map(Some).ok_or_else(|| {
+            ApiError::invalid("node", format!("no Asterisk node is named {name:?}"))
+        }),
+        None => Ok(state.nodes.first()),
+    }
+}
+
+/// The call control of node `node` for its recordings, which every replica can serve (they
+/// are files, or fetched over the node's ARI).
+fn recordings<'a>(state: &'a AppState, node: Option<&str>) -> Result<&'a Arc<Control>, ApiError> {
+    let unavailable = || ApiError::Unavailable("call control is not running".into());
+    match node_view(state, node)? {
+        Some(view) => view.control.as_ref().ok_or_else(unavailable),
+        None => state.control.as_ref().ok_or_else(unavailable),
+    }
 }
 
 /// A phone number or extension to dial (see [`crate::calls::params::dialable`]); a 422
@@ -101,6 +146,7 @@ struct OriginateBody {
     number: Option<String>,
     caller_id: Option<String>,
     record: Option<bool>,
+    node: Option<String>,
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>, shape: &str) -> Result<T, ApiError> {
@@ -137,7 +183,8 @@ async fn originate(
         caller_id,
         record: b.record.unwrap_or(false),
     };
-    let placed = control(&state)?
+    let placed = control(&state, b.node.as_deref().filter(|n| !n.is_empty()))
+        .await?
         .originate(&principal.name, &req)
         .await
         .map_err(|e| match e {
@@ -184,7 +231,10 @@ async fn act(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let rec = call(state, id).await?;
-    control(state)?.act(&principal.name, &rec, &action).await?;
+    control(state, rec.node.as_deref())
+        .await?
+        .act(&principal.name, &rec, &action)
+        .await?;
     let rec = call(state, id).await?;
     Ok(Json(rec.to_json(state.settings.core.ui_locale, Utc::now())))
 }
@@ -277,16 +327,15 @@ async fn recording(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let rec = call(&state, &id).await?;
-    let (path, content_type) =
-        control(&state)?
-            .recording_file(&rec)
-            .await
-            .map_err(|e| match e {
-                ControlError::NotAsterisk(_) | ControlError::NoRecording => {
-                    ApiError::NotFound(format!("recording of call {id}"))
-                }
-                e => e.into(),
-            })?;
+    let (path, content_type) = recordings(&state, rec.node.as_deref())?
+        .recording_file(&rec)
+        .await
+        .map_err(|e| match e {
+            ControlError::NotAsterisk(_) | ControlError::NoRecording => {
+                ApiError::NotFound(format!("recording of call {id}"))
+            }
+            e => e.into(),
+        })?;
     Ok(crate::sync::recording::serve(&path, content_type, req).await)
 }
 
@@ -297,7 +346,7 @@ async fn delete_recording(
 ) -> Result<StatusCode, ApiError> {
     principal.require_admin()?;
     let rec = call(&state, &id).await?;
-    control(&state)?
+    recordings(&state, rec.node.as_deref())?
         .delete_recording(&principal.name, &rec)
         .await
         .map_err(|e| match e {

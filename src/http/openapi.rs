@@ -754,6 +754,8 @@ pub struct OriginateRequest {
     pub caller_id: Option<String>,
     /// Record the call once answered.
     pub record: Option<bool>,
+    /// The Asterisk node to call on (`ASTERISK_NODES` name; default: the first node).
+    pub node: Option<String>,
 }
 
 /// `POST /calls/originate` answer (202).
@@ -1042,6 +1044,8 @@ mod ops {
         pub number: Option<String>,
         /// `asterisk`, `kerio` or `kavkom`.
         pub source: Option<Source>,
+        /// Only calls of this Asterisk node (`ASTERISK_NODES` name, `default` for one node).
+        pub node: Option<String>,
     }
 
     /// Calls in progress
