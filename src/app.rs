@@ -184,8 +184,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
 
     // Hosted PBXs.
-    let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &supervisor);
-    let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor);
+    let kerio = crate::sync::kerio::spawn(&settings, &db, &hub, &supervisor, &singleton);
+    let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor, &singleton);
 
     // HTTP API.
     let first = views.first().context("no Asterisk node")?;

@@ -728,7 +728,7 @@ async fn kerio_active_calls_reach_the_hub() {
     let mut rx = hub.subscribe();
     let cancel = CancellationToken::new();
     let supervisor = Supervisor::new(cancel.clone());
-    k.start(&hub, &supervisor);
+    k.start(&hub, &supervisor, &tokio::sync::watch::channel(true).1);
 
     let call = |status: i64, secs: i64, ans: i64| json!({"FROM": {"NUMBER": "998901234567"}, "TO": {"NUMBER": "101"}, "STATUS": status, "CALL_DURATION": secs, "ANSWERED_DURATION": ans});
     let mut next = async || loop {

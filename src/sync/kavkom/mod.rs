@@ -216,12 +216,14 @@ fn token(settings: &Settings) -> Option<Secret> {
 /// a bad `KAVKOM_TIMEZONE` or `KAVKOM_MAX_RPS` is logged and the adapter stays off.
 /// Tasks: the history sync (now, then every `KAVKOM_SYNC_INTERVAL` minutes; 0 = off) and
 /// the active-call poller (every `KAVKOM_POLL_INTERVAL` seconds; 0 = off), both stopping on
-/// the supervisor's cancel (tasks `kavkom-history` and `kavkom-active` of `supervisor`).
+/// the supervisor's cancel (tasks `kavkom-history` and `kavkom-active` of `supervisor`),
+/// running while `gate` is open (on the replica holding the hosted-PBX lease).
 pub fn spawn(
     settings: &Arc<Settings>,
     db: &Db,
     hub: &Hub,
     supervisor: &Supervisor,
+    gate: &tokio::sync::watch::Receiver<bool>,
 ) -> Option<Arc<Kavkom>> {
     let k = match Kavkom::new(settings.clone(), db.clone(), hub.clone()) {
         Ok(Some(k)) => Arc::new(k),
@@ -251,17 +253,21 @@ pub fn spawn(
     if s.kavkom_sync_interval > 0 {
         let every = Duration::from_secs(s.kavkom_sync_interval.saturating_mul(60));
         let kavkom = k.clone();
-        supervisor.register(TaskSpec::new("kavkom-history"), move |a: Attempt| {
-            sync_loop(kavkom.clone(), every, a.cancel)
-        });
+        supervisor.register(
+            TaskSpec::new("kavkom-history").gated(gate.clone()),
+            move |a: Attempt| sync_loop(kavkom.clone(), every, a.cancel),
+        );
     }
     if s.kavkom_poll_interval > 0 {
         let (kavkom, every) = (k.clone(), Duration::from_secs(s.kavkom_poll_interval));
         let st = Arc::new(tokio::sync::Mutex::new(active::ActiveState::default()));
-        supervisor.register(TaskSpec::new("kavkom-active"), move |a: Attempt| {
-            let (kavkom, st) = (kavkom.clone(), st.clone());
-            async move { active::run(kavkom, every, &mut *st.lock().await, a.cancel).await }
-        });
+        supervisor.register(
+            TaskSpec::new("kavkom-active").gated(gate.clone()),
+            move |a: Attempt| {
+                let (kavkom, st) = (kavkom.clone(), st.clone());
+                async move { active::run(kavkom, every, &mut *st.lock().await, a.cancel).await }
+            },
+        );
     }
     Some(k)
 }

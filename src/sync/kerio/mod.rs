@@ -108,22 +108,33 @@ impl Kerio {
     /// Registers the history sync loop (`kerio-history`) and the active-call poll
     /// (`kerio-active`) with `supervisor`; both stop when it is cancelled, after which the
     /// session is logged out.
-    pub fn start(self: &Arc<Self>, hub: &Hub, supervisor: &Supervisor) {
+    pub fn start(
+        self: &Arc<Self>,
+        hub: &Hub,
+        supervisor: &Supervisor,
+        gate: &tokio::sync::watch::Receiver<bool>,
+    ) {
         let kerio = self.clone();
-        let history = supervisor.register(TaskSpec::new("kerio-history"), move |a: Attempt| {
-            let kerio = kerio.clone();
-            async move { kerio.run_history(a.cancel).await }
-        });
+        let history = supervisor.register(
+            TaskSpec::new("kerio-history").gated(gate.clone()),
+            move |a: Attempt| {
+                let kerio = kerio.clone();
+                async move { kerio.run_history(a.cancel).await }
+            },
+        );
         let (kerio, hub) = (self.clone(), hub.clone());
         let calls = Arc::new(Mutex::new(self.new_active_calls()));
-        let active = supervisor.register(TaskSpec::new("kerio-active"), move |a: Attempt| {
-            let (kerio, hub, calls) = (kerio.clone(), hub.clone(), calls.clone());
-            async move {
-                kerio
-                    .run_active(hub, &mut *calls.lock().await, a.cancel)
-                    .await
-            }
-        });
+        let active = supervisor.register(
+            TaskSpec::new("kerio-active").gated(gate.clone()),
+            move |a: Attempt| {
+                let (kerio, hub, calls) = (kerio.clone(), hub.clone(), calls.clone());
+                async move {
+                    kerio
+                        .run_active(hub, &mut *calls.lock().await, a.cancel)
+                        .await
+                }
+            },
+        );
         let kerio = self.clone();
         supervisor.spawn_once(async move {
             history.stopped().await;
@@ -148,19 +159,21 @@ impl Kerio {
 }
 
 /// Registers the adapter's tasks with `supervisor` when configured (KERIO_PBX_HOST or KERIO_API_URL); None when
-/// off, or when its settings are unusable (logged).
+/// off, or when its settings are unusable (logged). The tasks run while `gate` is open (on
+/// the replica holding the hosted-PBX lease).
 pub fn spawn(
     settings: &Arc<Settings>,
     db: &Db,
     hub: &Hub,
     supervisor: &Supervisor,
+    gate: &tokio::sync::watch::Receiver<bool>,
 ) -> Option<Arc<Kerio>> {
     let _configured = client::endpoint_from(&settings.kerio)?;
     match Kerio::new(settings, db.clone(), Options::from_settings(settings)) {
         Ok(k) => {
             let k = Arc::new(k);
             tracing::info!(endpoint = %k.client.endpoint(), "Kerio Operator adapter on");
-            k.start(hub, supervisor);
+            k.start(hub, supervisor, gate);
             Some(k)
         }
         Err(e) => {
