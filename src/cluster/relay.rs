@@ -474,9 +474,9 @@ impl Relay {
             };
             delays = policy();
             if connected_before {
-                RelayStats::add(&self.inner.stats.reconnects, 1);
                 tracing::info!("cluster relay listening again after a lost connection");
                 self.after_gap().await;
+                RelayStats::add(&self.inner.stats.reconnects, 1);
             } else {
                 tracing::info!(
                     channels = %format!("{LIVE_CHANNEL}, {SIGNAL_CHANNEL}"),
@@ -495,11 +495,11 @@ impl Relay {
                     Ok(None) => {
                         // The connection was lost and re-established (and re-listens):
                         // what was sent meanwhile is lost.
-                        RelayStats::add(&self.inner.stats.reconnects, 1);
                         tracing::warn!(
                             "cluster relay's connection was lost and re-established: events may have been missed"
                         );
                         self.after_gap().await;
+                        RelayStats::add(&self.inner.stats.reconnects, 1);
                     }
                     Err(e) => {
                         self.set_listening(false);

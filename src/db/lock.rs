@@ -77,14 +77,18 @@ impl ProcessLock {
 /// The file of a SQLite URL (`sqlite://FILE`, `sqlite:FILE`, with or without `?options`),
 /// or None for an in-memory database.
 fn sqlite_file(url: &str) -> Result<Option<PathBuf>, DbError> {
-    let options = SqliteConnectOptions::from_str(url)?;
-    let file = options.get_filename();
-    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (database, query) = rest.split_once('?').unwrap_or((rest, ""));
     let in_memory = query.split('&').any(|kv| kv == "mode=memory");
-    if in_memory || file.as_os_str().is_empty() || file == Path::new(":memory:") {
+    if in_memory || database.is_empty() || database == ":memory:" {
         return Ok(None);
     }
-    Ok(Some(file.to_path_buf()))
+    // sqlx's own reading of the file name (percent-decoded).
+    let options = SqliteConnectOptions::from_str(url)?;
+    Ok(Some(options.get_filename().to_path_buf()))
 }
 
 #[cfg(test)]

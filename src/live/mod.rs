@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -113,6 +113,8 @@ pub struct SinkId(u64);
 struct QueueSink {
     tx: mpsc::Sender<Arc<Published>>,
     lagged: Arc<AtomicU64>,
+    /// Wakes a waiting [`Subscription::recv`] on a resync.
+    wake: Arc<Notify>,
 }
 
 impl Sink for QueueSink {
@@ -133,6 +135,7 @@ impl Sink for QueueSink {
 
     fn resync(&self) {
         self.lagged.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
     }
 }
 
@@ -217,6 +220,7 @@ pub enum RecvError {
 pub struct Subscription {
     rx: mpsc::Receiver<Arc<Published>>,
     lagged: Arc<AtomicU64>,
+    wake: Arc<Notify>,
 }
 
 impl Subscription {
@@ -224,14 +228,21 @@ impl Subscription {
     /// returns `Err(Lagged(n))` once, having discarded what was still queued (a snapshot
     /// taken now covers it).
     pub async fn recv(&mut self) -> Result<Arc<Published>, RecvError> {
-        let mut missed = self.lagged.swap(0, Ordering::AcqRel);
-        if missed > 0 {
-            while self.rx.try_recv().is_ok() {
-                missed += 1;
+        loop {
+            let mut missed = self.lagged.swap(0, Ordering::AcqRel);
+            if missed > 0 {
+                while self.rx.try_recv().is_ok() {
+                    missed += 1;
+                }
+                return Err(RecvError::Lagged(missed));
             }
-            return Err(RecvError::Lagged(missed));
+            tokio::select! {
+                biased;
+                event = self.rx.recv() => return event.ok_or(RecvError::Closed),
+                // A resync ([`Hub::resync_subscribers`]): check the count again.
+                _ = self.wake.notified() => {}
+            }
         }
-        self.rx.recv().await.ok_or(RecvError::Closed)
     }
 }
 
@@ -478,11 +489,13 @@ impl Hub {
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = mpsc::channel(self.capacity);
         let lagged = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(Notify::new());
         self.attach(Arc::new(QueueSink {
             tx,
             lagged: lagged.clone(),
+            wake: wake.clone(),
         }));
-        Subscription { rx, lagged }
+        Subscription { rx, lagged, wake }
     }
 
     /// Calls in progress, oldest first.

@@ -20,6 +20,7 @@ mod link;
 mod live;
 mod openapi;
 mod ops;
+mod relay;
 mod retention;
 mod supervise;
 mod support;
