@@ -552,6 +552,48 @@ mod tests {
         }
     }
 
+    fn call(id: &str, source: crate::calls::Source) -> CallUpdate {
+        let record = CallRecord::new(
+            source,
+            id,
+            crate::calls::Direction::Inbound,
+            chrono::Utc::now(),
+        );
+        CallUpdate {
+            change: CallChange::Created,
+            record,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resync_wakes_a_waiting_subscriber_with_lagged() {
+        let hub = Hub::new(8);
+        let mut sub = hub.subscribe();
+        let waiting = tokio::spawn(async move { sub.recv().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        hub.resync_subscribers();
+        assert_eq!(waiting.await.unwrap(), Err(RecvError::Lagged(1)));
+    }
+
+    #[test]
+    fn a_refresh_touches_only_relayed_calls_of_its_source() {
+        use crate::calls::Source;
+        let hub = Hub::new(8);
+        let local = call("local", Source::Asterisk);
+        let stale = call("stale", Source::Asterisk);
+        let kerio = call("kerio", Source::Kerio);
+        let fresh = call("fresh", Source::Asterisk);
+        hub.publish_call(&local);
+        hub.publish_relayed_call(&stale);
+        hub.publish_relayed_call(&kerio);
+        hub.refresh_relayed_calls(Source::Asterisk, vec![fresh.record.clone()]);
+        let mut ids: Vec<&str> = Vec::new();
+        let active = hub.active_calls();
+        ids.extend(active.iter().map(|c| c.call_id.as_str()));
+        ids.sort();
+        assert_eq!(ids, vec!["fresh", "kerio", "local"]);
+    }
+
     #[tokio::test]
     async fn a_full_buffer_lags_only_that_subscriber_then_it_resumes() {
         let hub = Hub::new(2);
