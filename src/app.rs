@@ -58,6 +58,8 @@ pub struct Running {
     pub db: Db,
     /// Where `GET /metrics` is served without a token (`METRICS_LISTEN`), if set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The SQLite process lock, held while the daemon runs (None on PostgreSQL).
+    _db_lock: Option<crate::db::ProcessLock>,
 }
 
 impl Running {
@@ -77,6 +79,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let nodes = settings.nodes().map_err(anyhow::Error::msg)?;
     let settings = Arc::new(settings);
     crate::metrics::install();
+    // SQLite is single-process: a second `serve` on the same file stops here.
+    let db_lock = crate::db::ProcessLock::acquire(&settings.core.database_url)?;
     let db = Db::connect_and_migrate(&settings.core.database_url)
         .await
         .with_context(|| format!("database {}", settings.core.database_url))?;
@@ -249,6 +253,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         hub,
         db,
         metrics_addr,
+        _db_lock: db_lock,
     })
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Layout: `ari` (REST client, events WebSocket, typed events), `calls` (tracker, writer,
 //! store), `cel` (backfill from Asterisk's Channel Event Log), `live` (event hub), `http`
-//! (API), `db` (pool and migrations), `config` (settings), `supervisor` (restarts of the
-//! long-running tasks), `app` (wiring of `serve`), `cli` (subcommands). Domain-agnostic,
+//! (API), `db` (pool and migrations), `cluster` (coordination of replicas over PostgreSQL:
+//! the live relay), `config` (settings), `supervisor` (restarts of the long-running tasks),
+//! `app` (wiring of `serve`), `cli` (subcommands). Domain-agnostic,
 //! importing nothing from the crate: `metrics` (latency histogram) and `retry` (backoff).
 
 pub mod ami;

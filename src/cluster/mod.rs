@@ -1,8 +1,15 @@
-//! Coordination of pbxbridge replicas over the PostgreSQL they share, with PostgreSQL's own
-//! primitives and no cluster protocol of ours: advisory-lock leases choose the one replica
-//! that does a job which must run once (consuming a node's ARI, the provisioner, the
-//! hosted-PBX sync loops), and `LISTEN/NOTIFY` carries the live events from that replica to
-//! the others. On SQLite there is one process, which holds every lease.
+//! Coordination of `pbxbridge serve` replicas over the PostgreSQL they share, with
+//! PostgreSQL's own primitives and no cluster protocol of ours:
+//! - [`lease`]: advisory-lock leases choose the one replica that does a job which must run
+//!   once (consuming a node's ARI, the provisioner, the hosted-PBX sync loops, retention);
+//! - [`relay`]: `LISTEN`/`NOTIFY` carries the live call and registration events from the
+//!   replica that has them to the others, and small cluster-wide signals ("extensions
+//!   changed");
+//! - [`store`]: who holds which lease, for `/health`.
+//!
+//! SQLite is single-process (see [`crate::db::ProcessLock`]): its one process holds every
+//! lease and relays nothing.
 
 pub mod lease;
+pub mod relay;
 pub mod store;

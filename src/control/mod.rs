@@ -567,7 +567,11 @@ impl Control {
                     continue;
                 }
                 let asked = lock(&self.record_on_answer).remove(&rec.call_id).is_some();
-                if asked || plan::should_record(self.settings.record_calls, rec.direction) {
+                // A call another replica consumes (relayed) is recorded by that replica,
+                // unless the click-to-call that asked for it was made here.
+                let auto = !published.relayed
+                    && plan::should_record(self.settings.record_calls, rec.direction);
+                if asked || auto {
                     let (me, rec) = (self.clone(), rec.clone());
                     tasks.spawn(async move {
                         let _ = me.act("auto", &rec, &Action::RecordStart).await;

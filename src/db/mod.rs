@@ -9,6 +9,8 @@
 //! integers are 64-bit; booleans (every table) are `BOOLEAN` in PostgreSQL and `INTEGER` 0/1 in SQLite
 //! (the `Any` driver cannot decode SQLite's BOOLEAN): bind a `bool`, read with [`get_bool`].
 //!
+//! SQLite is single-process: `serve` holds [`ProcessLock`] on it for its lifetime.
+//!
 //! Features keep their own queries in their `store.rs`; this module never reaches up into them.
 
 use std::str::FromStr;
@@ -19,7 +21,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+pub mod lock;
 pub mod watermark;
+
+pub use lock::ProcessLock;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -50,6 +55,23 @@ pub enum DbError {
     /// Any other database error.
     #[error("database error: {0}")]
     Sqlx(sqlx::Error),
+    /// Another process holds the SQLite database's process lock ([`ProcessLock`]).
+    #[error(
+        "another pbxbridge serve is using SQLite file {} (SQLite is single-process; use PostgreSQL for replicas)",
+        file.display()
+    )]
+    Locked {
+        /// The database file.
+        file: std::path::PathBuf,
+    },
+    /// The lock file of a SQLite database could not be opened or locked.
+    #[error("cannot lock {}: {source}", path.display())]
+    LockFile {
+        /// The sidecar lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl From<sqlx::Error> for DbError {

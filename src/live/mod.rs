@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ use crate::calls::CallRecord;
 use crate::calls::tracker::{CallChange, CallUpdate};
 
 /// Registration state of one extension, from ARI `PeerStatusChange` / `ContactStatusChange`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExtensionStatus {
     /// Extension (endpoint resource).
     pub extension: String,
@@ -40,7 +40,7 @@ pub struct ExtensionStatus {
 }
 
 /// One contact of an extension (ARI `ContactInfo`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContactStatus {
     /// Contact URI.
@@ -66,16 +66,23 @@ pub enum LiveEvent {
 pub struct Published {
     /// What happened.
     pub event: LiveEvent,
-    /// When the ARI frame (or hosted PBX reply) behind it arrived (monotonic clock).
+    /// When the ARI frame (or hosted PBX reply) behind it arrived (monotonic clock); for a
+    /// relayed event, when the relay received it.
     pub origin: Instant,
+    /// True when another replica published it and the cluster relay
+    /// (`crate::cluster::relay`) passed it on here ([`Hub::publish_relayed_call`]): the
+    /// relay does not send it out again, and actions that belong to the replica that
+    /// consumes ARI (automatic recording) skip it.
+    pub relayed: bool,
     rendered: OnceLock<(crate::config::Locale, Option<messages::Rendered>)>,
 }
 
 impl Published {
-    fn new(event: LiveEvent, origin: Instant) -> Arc<Self> {
+    fn new(event: LiveEvent, origin: Instant, relayed: bool) -> Arc<Self> {
         Arc::new(Published {
             event,
             origin,
+            relayed,
             rendered: OnceLock::new(),
         })
     }
@@ -91,6 +98,10 @@ pub trait Sink: Send + Sync + 'static {
     fn offer(&self, event: &Arc<Published>) -> bool;
     /// True once the subscriber is gone (not counted by [`Hub::subscribers`]).
     fn gone(&self) -> bool;
+    /// Events may have been missed before this point (the cluster relay lost its
+    /// connection): the subscriber must reload a snapshot, as after lagging. Called by the
+    /// fan-out task in publish order. The default does nothing.
+    fn resync(&self) {}
 }
 
 /// Identifies a sink attached with [`Hub::attach`], for [`Hub::detach`].
@@ -102,6 +113,8 @@ pub struct SinkId(u64);
 struct QueueSink {
     tx: mpsc::Sender<Arc<Published>>,
     lagged: Arc<AtomicU64>,
+    /// Wakes a waiting [`Subscription::recv`] on a resync.
+    wake: Arc<Notify>,
 }
 
 impl Sink for QueueSink {
@@ -119,18 +132,29 @@ impl Sink for QueueSink {
     fn gone(&self) -> bool {
         self.tx.is_closed()
     }
+
+    fn resync(&self) {
+        self.lagged.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
 }
 
 type Sinks = Arc<Vec<(SinkId, Arc<dyn Sink>)>>;
+
+/// What a fan-out task hands its sinks: an event, or a request to resync.
+enum Item {
+    Event(Arc<Published>),
+    Resync,
+}
 
 /// One fan-out task's share of the subscribers. The list is copied on change, so a pass
 /// over it holds no lock while it writes to sockets.
 struct Shard {
     sinks: Mutex<Sinks>,
     len: AtomicUsize,
-    tx: mpsc::UnboundedSender<Arc<Published>>,
+    tx: mpsc::UnboundedSender<Item>,
     /// Taken when the shard's task is spawned (on the first attach, inside the runtime).
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<Published>>>>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Item>>>,
 }
 
 impl Shard {
@@ -160,9 +184,16 @@ impl Shard {
 
 /// A fan-out task: offers each event to every sink of its shard and forgets the gone ones.
 /// The hub owns its handle: it is aborted when the last clone of the hub is dropped.
-async fn fan_out(shard: Arc<Shard>, mut rx: mpsc::UnboundedReceiver<Arc<Published>>) {
-    while let Some(event) = rx.recv().await {
+async fn fan_out(shard: Arc<Shard>, mut rx: mpsc::UnboundedReceiver<Item>) {
+    while let Some(item) = rx.recv().await {
         let sinks = shard.current();
+        let event = match item {
+            Item::Event(event) => event,
+            Item::Resync => {
+                sinks.iter().for_each(|(_, s)| s.resync());
+                continue;
+            }
+        };
         let gone: Vec<SinkId> = sinks
             .iter()
             .filter(|(_, s)| !s.offer(&event))
@@ -189,6 +220,7 @@ pub enum RecvError {
 pub struct Subscription {
     rx: mpsc::Receiver<Arc<Published>>,
     lagged: Arc<AtomicU64>,
+    wake: Arc<Notify>,
 }
 
 impl Subscription {
@@ -196,14 +228,21 @@ impl Subscription {
     /// returns `Err(Lagged(n))` once, having discarded what was still queued (a snapshot
     /// taken now covers it).
     pub async fn recv(&mut self) -> Result<Arc<Published>, RecvError> {
-        let mut missed = self.lagged.swap(0, Ordering::AcqRel);
-        if missed > 0 {
-            while self.rx.try_recv().is_ok() {
-                missed += 1;
+        loop {
+            let mut missed = self.lagged.swap(0, Ordering::AcqRel);
+            if missed > 0 {
+                while self.rx.try_recv().is_ok() {
+                    missed += 1;
+                }
+                return Err(RecvError::Lagged(missed));
             }
-            return Err(RecvError::Lagged(missed));
+            tokio::select! {
+                biased;
+                event = self.rx.recv() => return event.ok_or(RecvError::Closed),
+                // A resync ([`Hub::resync_subscribers`]): check the count again.
+                _ = self.wake.notified() => {}
+            }
         }
-        self.rx.recv().await.ok_or(RecvError::Closed)
     }
 }
 
@@ -215,7 +254,8 @@ pub struct Hub {
     /// The fan-out tasks, aborted when the last clone of the hub is dropped.
     tasks: Arc<Mutex<Vec<AbortOnDropHandle<()>>>>,
     capacity: usize,
-    active: Arc<RwLock<HashMap<Uuid, CallRecord>>>,
+    /// Calls in progress, each with whether it came through the relay.
+    active: Arc<RwLock<HashMap<Uuid, (CallRecord, bool)>>>,
     extensions: Arc<RwLock<HashMap<String, ExtensionStatus>>>,
     stats: Arc<FanoutStats>,
 }
@@ -270,17 +310,58 @@ impl Hub {
 
     /// Publishes a call update whose cause (an ARI frame) arrived at `origin`.
     pub fn publish_call_from(&self, update: &CallUpdate, origin: Instant) {
+        self.publish_call_as(update, origin, false);
+    }
+
+    /// Publishes a call update that another replica published (passed on by the cluster
+    /// relay): it reaches local subscribers and the active-call set like a local one, but is
+    /// marked [`Published::relayed`].
+    pub fn publish_relayed_call(&self, update: &CallUpdate) {
+        self.publish_call_as(update, Instant::now(), true);
+    }
+
+    fn publish_call_as(&self, update: &CallUpdate, origin: Instant, relayed: bool) {
         if let Ok(mut active) = self.active.write() {
             if update.change == CallChange::Ended || update.record.end_time.is_some() {
                 active.remove(&update.record.id);
             } else {
-                active.insert(update.record.id, update.record.clone());
+                active.insert(update.record.id, (update.record.clone(), relayed));
             }
         }
         self.send(Published::new(
             LiveEvent::Call(Box::new(update.clone())),
             origin,
+            relayed,
         ));
+    }
+
+    /// After the cluster relay lost events (its connection dropped): brings the calls in
+    /// progress that came through the relay with source `source` in line with `open`, the
+    /// calls of that source the database has in progress (`calls::store::open_calls`).
+    /// Relayed calls of `source` missing from `open` are dropped; calls of `open` not in the
+    /// set are added as relayed. Calls published locally are left alone, and a call of
+    /// `open` already in the set keeps its newer live state.
+    pub fn refresh_relayed_calls(&self, source: crate::calls::Source, open: Vec<CallRecord>) {
+        if let Ok(mut active) = self.active.write() {
+            active.retain(|id, (rec, relayed)| {
+                !*relayed || rec.source != source || open.iter().any(|o| o.id == *id)
+            });
+            for rec in open {
+                if rec.source == source && rec.end_time.is_none() {
+                    active.entry(rec.id).or_insert((rec, true));
+                }
+            }
+        }
+    }
+
+    /// Tells every subscriber to reload a snapshot (WebSocket and SSE clients get `resync`
+    /// and a fresh `snapshot`), in order with the events published before and after.
+    pub fn resync_subscribers(&self) {
+        for shard in self.shards.iter() {
+            if shard.len.load(Ordering::Acquire) > 0 {
+                let _ = shard.tx.send(Item::Resync);
+            }
+        }
     }
 
     /// Folds a registration event (`PeerStatusChange`, `ContactStatusChange`,
@@ -339,18 +420,32 @@ impl Hub {
         self.publish_extension_from(status, Instant::now());
     }
 
+    /// Publishes an extension's registration change that another replica published
+    /// (passed on by the cluster relay), marked [`Published::relayed`], and remembers it.
+    pub fn publish_relayed_extension(&self, status: ExtensionStatus) {
+        self.publish_extension_as(status, Instant::now(), true);
+    }
+
     fn publish_extension_from(&self, status: ExtensionStatus, origin: Instant) {
+        self.publish_extension_as(status, origin, false);
+    }
+
+    fn publish_extension_as(&self, status: ExtensionStatus, origin: Instant, relayed: bool) {
         if let Ok(mut ext) = self.extensions.write() {
             ext.insert(status.extension.clone(), status.clone());
         }
-        self.send(Published::new(LiveEvent::Extension(status), origin));
+        self.send(Published::new(
+            LiveEvent::Extension(status),
+            origin,
+            relayed,
+        ));
     }
 
     /// Hands `event` to every fan-out task that has subscribers.
     fn send(&self, event: Arc<Published>) {
         for shard in self.shards.iter() {
             if shard.len.load(Ordering::Acquire) > 0 {
-                let _ = shard.tx.send(event.clone());
+                let _ = shard.tx.send(Item::Event(event.clone()));
             }
         }
     }
@@ -394,11 +489,13 @@ impl Hub {
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = mpsc::channel(self.capacity);
         let lagged = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(Notify::new());
         self.attach(Arc::new(QueueSink {
             tx,
             lagged: lagged.clone(),
+            wake: wake.clone(),
         }));
-        Subscription { rx, lagged }
+        Subscription { rx, lagged, wake }
     }
 
     /// Calls in progress, oldest first.
@@ -406,7 +503,7 @@ impl Hub {
         let mut v: Vec<CallRecord> = self
             .active
             .read()
-            .map(|a| a.values().cloned().collect())
+            .map(|a| a.values().map(|(r, _)| r.clone()).collect())
             .unwrap_or_default();
         v.sort_by_key(|r| r.start_time);
         v
@@ -453,6 +550,48 @@ mod tests {
             state: "online".into(),
             contacts: Vec::new(),
         }
+    }
+
+    fn call(id: &str, source: crate::calls::Source) -> CallUpdate {
+        let record = CallRecord::new(
+            source,
+            id,
+            crate::calls::Direction::Inbound,
+            chrono::Utc::now(),
+        );
+        CallUpdate {
+            change: CallChange::Created,
+            record,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resync_wakes_a_waiting_subscriber_with_lagged() {
+        let hub = Hub::new(8);
+        let mut sub = hub.subscribe();
+        let waiting = tokio::spawn(async move { sub.recv().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        hub.resync_subscribers();
+        assert_eq!(waiting.await.unwrap(), Err(RecvError::Lagged(1)));
+    }
+
+    #[test]
+    fn a_refresh_touches_only_relayed_calls_of_its_source() {
+        use crate::calls::Source;
+        let hub = Hub::new(8);
+        let local = call("local", Source::Asterisk);
+        let stale = call("stale", Source::Asterisk);
+        let kerio = call("kerio", Source::Kerio);
+        let fresh = call("fresh", Source::Asterisk);
+        hub.publish_call(&local);
+        hub.publish_relayed_call(&stale);
+        hub.publish_relayed_call(&kerio);
+        hub.refresh_relayed_calls(Source::Asterisk, vec![fresh.record.clone()]);
+        let mut ids: Vec<&str> = Vec::new();
+        let active = hub.active_calls();
+        ids.extend(active.iter().map(|c| c.call_id.as_str()));
+        ids.sort();
+        assert_eq!(ids, vec!["fresh", "kerio", "local"]);
     }
 
     #[tokio::test]

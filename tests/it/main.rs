@@ -22,6 +22,7 @@ mod link;
 mod live;
 mod openapi;
 mod ops;
+mod relay;
 mod retention;
 mod supervise;
 mod support;

@@ -283,6 +283,17 @@ impl Sink for Client {
     fn gone(&self) -> bool {
         self.lock().closed
     }
+
+    fn resync(&self) {
+        // Events were lost upstream (the cluster relay reconnected): `resync` and a fresh
+        // snapshot, unless a snapshot is due anyway.
+        let mut out = self.lock();
+        if out.closed || out.snapshot_due.is_some() {
+            return;
+        }
+        out.snapshot_due = Some(1);
+        self.wake.notify_one();
+    }
 }
 
 /// The reading side of an upgraded connection, for tungstenite. tungstenite answers pings
