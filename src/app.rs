@@ -159,6 +159,40 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     );
     let known = agents.clone();
     provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
+
+    // Live events between replicas (PostgreSQL): every replica relays what it publishes and
+    // fans out what the others publish; extension changes made through any replica's API
+    // reach the one running the provisioner.
+    let relay = if leases.shared {
+        let relay = Arc::new(
+            crate::cluster::relay::Relay::new(
+                db.clone(),
+                &settings.core.database_url,
+                hub.clone(),
+                replica.clone(),
+            )
+            .context("live relay")?,
+        );
+        let p = provisioner.clone();
+        relay.on_signal(move |signal| crate::extensions::on_signal(&p, signal));
+        let consuming: Vec<(String, watch::Receiver<bool>)> = views
+            .iter()
+            .map(|v| (v.name.clone(), v.consuming.clone()))
+            .collect();
+        relay.on_local_node(move |node| {
+            consuming
+                .iter()
+                .any(|(name, gate)| name == node && *gate.borrow())
+        });
+        let r = relay.clone();
+        supervisor.register(TaskSpec::new("relay"), move |a: Attempt| {
+            let r = r.clone();
+            async move { r.run(a.cancel).await }
+        });
+        Some(relay)
+    } else {
+        None
+    };
     let p = provisioner.clone();
     supervisor.register(
         TaskSpec::new("provisioner").gated(singleton.clone()),
@@ -210,6 +244,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         control,
         nodes: Arc::new(views),
         replica: replica.clone(),
+        relay,
     };
     if crate::users::store::count(&db).await? > 0 && settings.auth.jwt_secret.is_none() {
         tracing::error!(

@@ -359,6 +359,19 @@ pub async fn open_calls(
     rows.iter().map(decode).collect()
 }
 
+/// Records of `source` still live, on every node: what a replica reloads as the calls in
+/// progress after it may have missed relayed events.
+pub async fn open_calls_all_nodes(db: &Db, source: Source) -> Result<Vec<CallRecord>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND state IN ('ringing', 'connected') ORDER BY start_time"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(source.as_str())
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
 /// The page of records matching `f`, newest first, and the total count of matches.
 pub async fn list(db: &Db, f: &CallFilter) -> Result<(Vec<CallRecord>, i64), DbError> {
     let (where_sql, args) = where_clause(f);

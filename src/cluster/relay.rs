@@ -215,7 +215,12 @@ struct Inner {
     stats: RelayStats,
     hooks: Mutex<Vec<SignalHook>>,
     listening: watch::Sender<bool>,
+    /// Whether this replica consumes an Asterisk node itself (its calls are published here
+    /// first-hand, never reloaded as relayed ones).
+    local_node: Mutex<Option<LocalNode>>,
 }
+
+type LocalNode = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The relay of one replica. Cheap to clone; [`Relay::run`] does the work.
 #[derive(Clone)]
@@ -267,6 +272,7 @@ impl Relay {
                 stats: RelayStats::default(),
                 hooks: Mutex::default(),
                 listening: watch::channel(false).0,
+                local_node: Mutex::default(),
             }),
         })
     }
@@ -286,6 +292,15 @@ impl Relay {
     pub async fn listening(&self) {
         let mut rx = self.inner.listening.subscribe();
         let _ = rx.wait_for(|up| *up).await;
+    }
+
+    /// Tells the relay which Asterisk nodes this replica consumes now (`consumes(node)`):
+    /// after a gap, the calls of those nodes are not reloaded as relayed ones (their live
+    /// state is this replica's own, possibly newer than the database).
+    pub fn on_local_node(&self, consumes: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        if let Ok(mut local) = self.inner.local_node.lock() {
+            *local = Some(Arc::new(consumes));
+        }
     }
 
     /// Registers `hook`, called with the name of every signal another replica sends (never
@@ -515,8 +530,14 @@ impl Relay {
     /// After events may have been lost: reloads the relayed calls in progress from the
     /// database and tells local subscribers to resync.
     async fn after_gap(&self) {
-        match store::open_calls(&self.inner.db, Source::Asterisk).await {
-            Ok(open) => self.inner.hub.refresh_relayed_calls(Source::Asterisk, open),
+        let local = self.inner.local_node.lock().ok().and_then(|l| l.clone());
+        match store::open_calls_all_nodes(&self.inner.db, Source::Asterisk).await {
+            Ok(mut open) => {
+                if let Some(local) = local {
+                    open.retain(|r| !r.node.as_deref().is_some_and(|n| local(n)));
+                }
+                self.inner.hub.refresh_relayed_calls(Source::Asterisk, open)
+            }
             Err(e) => {
                 RelayStats::add(&self.inner.stats.errors, 1);
                 tracing::warn!("cluster relay cannot reload the calls in progress: {e}");

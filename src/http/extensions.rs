@@ -55,9 +55,24 @@ fn conflict(e: DbError, number: &str) -> ApiError {
     }
 }
 
-fn wake(state: &AppState) {
+/// Tells the provisioner that rows changed (and `deleted`, a number that is gone): this
+/// replica's, and through the relay the one that runs the provisioner (its lease may be on
+/// another replica).
+async fn wake(state: &AppState, deleted: Option<&str>) {
     if let Some(p) = &state.extensions {
+        if let Some(number) = deleted {
+            p.deleted(number);
+        }
         p.changed();
+    }
+    if let Some(relay) = &state.relay {
+        let signal = match deleted {
+            Some(number) => format!("{}{number}", crate::extensions::SIGNAL_DELETED),
+            None => crate::extensions::SIGNAL_CHANGED.to_string(),
+        };
+        if let Err(e) = relay.signal(&signal).await {
+            tracing::warn!("extensions change not signalled to the other replicas: {e}");
+        }
     }
 }
 
@@ -144,7 +159,7 @@ async fn create(
     store::insert(&state.db, &e)
         .await
         .map_err(|err| conflict(err, &e.extension))?;
-    wake(&state);
+    wake(&state, None).await;
     tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension created");
     let mut body = e.to_json();
     if let Some(pw) = generated {
@@ -217,12 +232,8 @@ async fn change(
         return Err(ApiError::NotFound(format!("extension {id}")));
     };
     e.revision = revision;
-    if let Some(p) = &state.extensions {
-        if old.extension != e.extension {
-            p.deleted(&old.extension);
-        }
-        p.changed();
-    }
+    let renamed = (old.extension != e.extension).then_some(old.extension.as_str());
+    wake(&state, renamed).await;
     tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension updated");
     Ok(Json(e.to_json()))
 }
@@ -255,9 +266,7 @@ async fn remove(
     let e = store::delete(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("extension {id}")))?;
-    if let Some(p) = &state.extensions {
-        p.deleted(&e.extension);
-    }
+    wake(&state, Some(&e.extension)).await;
     tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension deleted");
     Ok(StatusCode::NO_CONTENT)
 }

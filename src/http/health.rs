@@ -4,7 +4,7 @@
 //! supervised tasks (`tasks`: `[{name, state, recordsCalls, restarts, lastError, since}]`),
 //! this replica (`replica`), the Asterisk nodes (`nodes`: `[{name, role: consumer|standby,
 //! ari, frames, parseErrors}]`) and, on PostgreSQL, who holds each lease (`leases`:
-//! `[{name, replica, since}]`). A task in `standby` (another replica holds its lease) is not
+//! `[{name, replica, since}]`) and the live relay's counters (`relay`). A task in `standby` (another replica holds its lease) is not
 //! down.
 //! 200 when the database answers and every task that records calls is running; 503
 //! otherwise, with `"status": "degraded"` and the `reason`. The ARI state is reported, not
@@ -73,6 +73,9 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "parseErrors": n.ingest_stats.parse_errors.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),
     });
+    if let Some(relay) = &state.relay {
+        body["relay"] = json!(relay.stats().snapshot());
+    }
     if state.db.backend() == crate::db::Backend::Postgres
         && let Ok(holders) = crate::cluster::store::holders(&state.db).await
     {

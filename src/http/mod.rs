@@ -116,6 +116,8 @@ pub struct AppState {
     pub nodes: Arc<Vec<NodeView>>,
     /// This replica's id (`REPLICA_ID`).
     pub replica: String,
+    /// The live-event relay between replicas (PostgreSQL only).
+    pub relay: Option<Arc<crate::cluster::relay::Relay>>,
 }
 
 /// One Asterisk node as the API sees it.
@@ -162,6 +164,7 @@ impl AppState {
             control: None,
             nodes: Arc::default(),
             replica: String::new(),
+            relay: None,
         }
     }
 }
