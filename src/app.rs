@@ -107,8 +107,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ami
     });
     let provisioner = Arc::new(
-        crate::extensions::Provisioner::new(db.clone(), &settings, client.clone(), ami.clone())
-            .context("extensions provisioning")?,
+        crate::extensions::Provisioner::new(
+            db.clone(),
+            &settings,
+            vec![crate::extensions::Target {
+                node: "default".into(),
+                ari: client.clone(),
+                ami: ami.clone(),
+            }],
+        )
+        .context("extensions provisioning")?,
     );
     let known = agents.clone();
     provisioner.on_known_numbers(move |numbers| known.set_known(numbers));
