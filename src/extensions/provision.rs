@@ -412,19 +412,27 @@ impl Provisioner {
             self.count(|s| s.reloads += 1);
             let results = join_all(self.targets.iter().map(|t| self.reload(t))).await;
             let mut failed: Vec<String> = Vec::new();
+            let mut reloaded: Vec<&str> = Vec::new();
             let mut rejected = false;
             for (t, r) in self.targets.iter().zip(results) {
-                if let Err(Failure::Reload {
-                    reason,
-                    rejected: r,
-                }) = r
-                {
-                    tracing::warn!(node = %t.node, why = %reason, "PJSIP reload failed node={}: {reason}", t.node);
-                    rejected |= r;
-                    failed.push(format!("{}{reason}", self.on(&t.node)));
+                match r {
+                    Err(Failure::Reload {
+                        reason,
+                        rejected: r,
+                    }) => {
+                        tracing::warn!(node = %t.node, why = %reason, "PJSIP reload failed node={}: {reason}", t.node);
+                        rejected |= r;
+                        failed.push(format!("{}{reason}", self.on(&t.node)));
+                    }
+                    Err(f) => failed.push(format!("{}{f:?}", self.on(&t.node))),
+                    Ok(()) => reloaded.push(&t.node),
                 }
             }
             if !failed.is_empty() {
+                // Verification does not run: say now which nodes took the reload.
+                for node in reloaded {
+                    tracing::info!(node = %node, "PJSIP reload ok node={node} (other nodes failed)");
+                }
                 st.needs_reload = true;
                 if rejected && written && self.mode == PjsipMode::File {
                     self.restore(st.last_good.clone()).await;
