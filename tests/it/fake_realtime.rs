@@ -137,7 +137,7 @@ impl FakeNode {
     /// Whether it was asked for endpoint `id`.
     pub fn asked_for(&self, id: &str) -> bool {
         let want = format!("GET /ari/endpoints/PJSIP/{id}");
-        self.state.lock().unwrap().log.iter().any(|l| *l == want)
+        self.state.lock().unwrap().log.contains(&want)
     }
 
     /// Makes it refuse (or accept again) reloads.
