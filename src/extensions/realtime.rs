@@ -408,7 +408,8 @@ fn shorten_callerid(v: &str, max: i64) -> Option<String> {
     let open = v.rfind(" <")?;
     let number = v.get(open + 1..)?; // "<N>"
     let name = v.get(..open)?.trim_matches('"');
-    let room = max.checked_sub(number.chars().count() + 3)?; // quotes and the space
+    // Room for the name: the quotes and the space take 3.
+    let room = max.saturating_sub(number.chars().count() + 3);
     let cut: String = name.chars().take(room).collect();
     let cut = cut.trim_end();
     if cut.is_empty() {
