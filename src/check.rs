@@ -2,7 +2,9 @@
 //! fix hint for each failed line. Components: the database (reachable, migrated), ARI
 //! (reachable, credentials, the Stasis app name), AMI (when `AMI_USERNAME` is set), the PJSIP
 //! include file (folder writable, file writable and owned as `PJSIP_FILE_OWNER` says, and
-//! actually loaded by Asterisk: the endpoints it defines are asked of ARI), the CEL source
+//! actually loaded by Asterisk: the endpoints it defines are asked of ARI; off with
+//! `PJSIP_MODE=realtime`), the realtime PJSIP tables (with `PJSIP_MODE=realtime`: PostgreSQL,
+//! Asterisk's `ps_endpoints` / `ps_auths` / `ps_aors` present), the CEL source
 //! (when `ASTERISK_CEL_URL` is set), Kerio and Kavkom logins (when configured).
 //!
 //! Nothing is written or reloaded. Secrets never appear in a line (errors are the domain
@@ -12,14 +14,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::ari::{AriClient, AriError};
-use crate::config::Settings;
+use crate::config::{PjsipMode, Settings};
 use crate::db::Db;
 
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
-    /// Component (`database`, `ari`, `ari app`, `ami`, `pjsip include`, `cel`, `kerio`,
-    /// `kavkom`).
+    /// Component (`database`, `ari`, `ari app`, `ami`, `pjsip include`, `pjsip realtime`,
+    /// `cel`, `kerio`, `kavkom`).
     pub component: &'static str,
     /// `Ok`, `Off` (not configured: not an error) or `Failed`.
     pub status: Status,
@@ -131,6 +133,7 @@ pub async fn run(settings: &Settings) -> Vec<Line> {
     lines.push(ari_app(&client, ari.is_ok()).await);
     lines.push(ami(settings).await);
     lines.push(pjsip_include(settings, &client, ari.is_ok()).await);
+    lines.push(pjsip_realtime(settings).await);
     lines.push(cel(settings).await);
     lines.push(kerio(settings).await);
     lines.push(kavkom(settings).await);
@@ -260,6 +263,12 @@ fn endpoints_in(text: &str) -> BTreeSet<String> {
 
 async fn pjsip_include(settings: &Settings, client: &AriClient, ari_ok: bool) -> Line {
     const NAME: &str = "pjsip include";
+    if settings.pjsip.pjsip_mode == PjsipMode::Realtime {
+        return Line::off(
+            NAME,
+            "PJSIP_MODE=realtime: extensions go to the ps_* tables",
+        );
+    }
     let path = settings.pjsip.pjsip_include_path.as_path();
     let shown = path.display();
     let folder = match path.parent() {
@@ -410,6 +419,46 @@ async fn pjsip_include(settings: &Settings, client: &AriClient, ari_ok: bool) ->
             defined.len()
         ),
     )
+}
+
+/// `PJSIP_MODE=realtime`: PostgreSQL, and Asterisk's realtime tables in it.
+async fn pjsip_realtime(settings: &Settings) -> Line {
+    use crate::extensions::realtime::{self, RealtimeError, SCHEMA_FILE};
+    const NAME: &str = "pjsip realtime";
+    if settings.pjsip.pjsip_mode != PjsipMode::Realtime {
+        return Line::off(NAME, "PJSIP_MODE=file");
+    }
+    if !settings.core.database_url.is_postgres() {
+        return Line::failed(
+            NAME,
+            crate::config::REALTIME_NEEDS_POSTGRES,
+            "set DATABASE_URL=postgres://... (the database Asterisk's res_pgsql.conf reads), or PJSIP_MODE=file",
+        );
+    }
+    let db = match Db::connect(&settings.core.database_url).await {
+        Ok(db) => db,
+        Err(e) => return Line::failed(NAME, e.to_string(), "fix the database line first"),
+    };
+    let line = match realtime::schema(&db).await {
+        Ok(_) => {
+            let owned = realtime::owned_counts(&db).await.unwrap_or_default();
+            let n: i64 = owned.values().sum();
+            Line::ok(
+                NAME,
+                format!("ps_endpoints, ps_auths, ps_aors present; {n} row(s) written by pbxbridge"),
+            )
+        }
+        Err(e @ RealtimeError::MissingTables(_)) => Line::failed(
+            NAME,
+            e.to_string(),
+            format!(
+                "psql \"$DATABASE_URL\" -f {SCHEMA_FILE} (or Asterisk's alembic upgrade head); then sorcery.conf, extconfig.conf, res_pgsql.conf from asterisk-conf/ on every node"
+            ),
+        ),
+        Err(e) => Line::failed(NAME, e.to_string(), "fix the database line first"),
+    };
+    db.close().await;
+    line
 }
 
 async fn cel(settings: &Settings) -> Line {

@@ -52,6 +52,9 @@ impl FromStr for Secret {
     }
 }
 
+/// The error for `PJSIP_MODE=realtime` on SQLite.
+pub const REALTIME_NEEDS_POSTGRES: &str = "PJSIP_MODE=realtime needs PostgreSQL: set DATABASE_URL=postgres://USER@HOST/DB, the database Asterisk's res_config_pgsql reads ps_endpoints/ps_auths/ps_aors from (or use PJSIP_MODE=file)";
+
 /// The shortest `JWT_SECRET` accepted, in bytes (256 bits, the HS256 key size).
 pub const MIN_JWT_SECRET: usize = 32;
 
@@ -60,8 +63,14 @@ impl Settings {
     /// set, is at least [`MIN_JWT_SECRET`] bytes (a short or empty key lets anyone forge
     /// login tokens).
     ///
+    /// `PJSIP_MODE=realtime` needs a PostgreSQL `DATABASE_URL` (Asterisk reads the `ps_*`
+    /// tables from it).
+    ///
     /// Errors: one line naming the setting, never its value (the binary exits 2 with it).
     pub fn validate(&self) -> Result<(), String> {
+        if self.pjsip.pjsip_mode == PjsipMode::Realtime && !self.core.database_url.is_postgres() {
+            return Err(REALTIME_NEEDS_POSTGRES.to_string());
+        }
         if let Some(secret) = &self.auth.jwt_secret
             && secret.expose().len() < MIN_JWT_SECRET
         {
@@ -80,6 +89,14 @@ impl Settings {
 /// needs it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// True for `postgres://` and `postgresql://` URLs.
+    pub fn is_postgres(&self) -> bool {
+        let scheme = self.0.split(':').next().unwrap_or_default();
+        scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+    }
+}
 
 impl std::ops::Deref for DatabaseUrl {
     type Target = str;
@@ -199,6 +216,18 @@ pub enum ReloadVia {
     Ari,
     /// AMI `Action: Reload` with `Module: res_pjsip.so`.
     Ami,
+}
+
+/// Where extensions are provisioned (`PJSIP_MODE`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum PjsipMode {
+    /// The generated include file (`PJSIP_INCLUDE_PATH`), for one Asterisk on this host.
+    #[default]
+    File,
+    /// Asterisk's realtime tables `ps_endpoints`, `ps_auths`, `ps_aors` in the same
+    /// PostgreSQL (`DATABASE_URL`), read by every Asterisk node through res_config_pgsql and
+    /// sorcery (see `asterisk-conf/sorcery.conf`). Needs PostgreSQL.
+    Realtime,
 }
 
 /// Every setting. Flattened into the CLI, so every subcommand accepts all of them.
@@ -422,6 +451,16 @@ pub struct PjsipSettings {
         global = true
     )]
     pub reload_via: ReloadVia,
+    /// Where extensions go: `file` (the include file) or `realtime` (Asterisk's `ps_*`
+    /// tables in the same PostgreSQL; needs `DATABASE_URL=postgres://...`).
+    #[arg(
+        long,
+        env = "PJSIP_MODE",
+        value_enum,
+        default_value = "file",
+        global = true
+    )]
+    pub pjsip_mode: PjsipMode,
 }
 
 /// Which Asterisk calls are recorded automatically once answered (`RECORD_CALLS`).

@@ -1,11 +1,13 @@
-//! SIP extensions: the model, validation, password digests, the askama-rendered PJSIP
-//! include file, and the provisioner that writes it, reloads res_pjsip and verifies the
-//! result with Asterisk. The database is the single source of truth. The `/extensions`
+//! SIP extensions: the model, validation, password digests, the PJSIP objects an extension
+//! becomes (the askama-rendered include file, or Asterisk's realtime `ps_*` rows with
+//! `PJSIP_MODE=realtime`), and the provisioner that writes them, reloads res_pjsip on every
+//! Asterisk node and verifies the result. The database is the single source of truth. The `/extensions`
 //! routes are in `http::extensions`.
 
 pub mod model;
 pub mod password;
 pub mod provision;
+pub mod realtime;
 pub mod render;
 pub mod store;
 pub mod validate;
@@ -27,4 +29,4 @@ pub fn on_signal(provisioner: &Provisioner, signal: &str) {
         provisioner.deleted(number);
     }
 }
-pub use provision::{ProvisionError, Provisioner};
+pub use provision::{ProvisionError, Provisioner, Target};

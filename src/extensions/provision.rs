@@ -1,17 +1,22 @@
-//! The provisioner: one owned task that turns database changes into Asterisk config.
+//! The provisioner: one owned task that turns database changes into Asterisk config, on
+//! one or several Asterisk nodes ([`Target`]s).
 //!
 //! After a change is committed the API calls [`Provisioner::changed`] (or
 //! [`Provisioner::deleted`]). The first change of a quiet period (no pass for [`COALESCE`])
 //! goes at once, so a single change made in the console is loaded without delay; changes
 //! that follow while a pass runs or just after it are coalesced: the task waits until they
-//! stop for [`COALESCE`] (at most [`COALESCE_MAX`]). Then it runs one pass: render every row, write the include file
-//! atomically (skipped when unchanged), reload res_pjsip only (ARI or AMI, `RELOAD_VIA`),
-//! verify with Asterisk (created/updated endpoints known; deleted or disabled ones gone,
-//! checked through AMI because ARI keeps listing removed endpoints), and record the outcome
-//! per extension (`provisioning`). One log line per pass. A failed pass keeps the database
-//! change and is retried with backoff (1 s doubling to 5 min); when Asterisk refuses the
-//! reload, the last good file is put back. At start, a first pass repairs drift between the
-//! database and the file on disk.
+//! stop for [`COALESCE`] (at most [`COALESCE_MAX`]). Then it runs one pass: render every
+//! row and write it where Asterisk reads it (`PJSIP_MODE`): the include file, atomically and
+//! skipped when unchanged (`file`), or the `ps_endpoints` / `ps_auths` / `ps_aors` rows in
+//! one transaction ([`super::realtime`], `realtime`); then reload res_pjsip only on every
+//! node (ARI or AMI, `RELOAD_VIA`), verify on every node (created/updated endpoints known;
+//! deleted or disabled ones gone, checked through AMI because ARI keeps listing removed
+//! endpoints), and record the outcome per extension (`provisioning`): applied only when
+//! every node verified. One log line per node (`PJSIP reload ok node=a` / `PJSIP reload
+//! failed node=b: why`) and one per pass. A failed pass keeps the database change and is
+//! retried with backoff (1 s doubling to 5 min); when a node refuses the reload of a new
+//! file, the last good file is put back. At start, a first pass repairs drift between the
+//! database and the file or tables.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -24,12 +29,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Extension, ProvState, Provisioning};
-use super::render::{self, Owner};
+use super::realtime;
+use super::render::{self, AuthStyle, Owner};
 use super::store;
 use crate::ami::{AmiClient, AmiError};
 use crate::ari::{AriClient, AriError};
-use crate::config::{ReloadVia, Settings};
-use crate::db::{Db, DbError};
+use crate::config::{PjsipMode, ReloadVia, Settings};
+use crate::db::{Backend, Db, DbError};
 
 /// Quiet time that ends a burst of changes (and, since the last pass, makes the next change
 /// go at once).
@@ -47,9 +53,18 @@ pub enum ProvisionError {
     /// `PJSIP_FILE_OWNER` names no user or group.
     #[error("{0}")]
     Owner(String),
-    /// `RELOAD_VIA=ami` without `AMI_USERNAME`.
-    #[error("RELOAD_VIA=ami needs AMI_USERNAME (AMI is not configured)")]
-    NoAmi,
+    /// `RELOAD_VIA=ami` without `AMI_USERNAME` (for node `node`).
+    #[error("RELOAD_VIA=ami needs AMI_USERNAME (AMI is not configured for node {node})")]
+    NoAmi {
+        /// The node without AMI.
+        node: String,
+    },
+    /// No Asterisk node to provision.
+    #[error("no Asterisk node to provision (at least one target is needed)")]
+    NoTargets,
+    /// `PJSIP_MODE=realtime` on SQLite.
+    #[error("{}", crate::config::REALTIME_NEEDS_POSTGRES)]
+    RealtimeNeedsPostgres,
     /// Reading rows or recording outcomes failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -68,6 +83,17 @@ enum Failure {
 
 type KnownHook = Box<dyn Fn(Vec<String>) + Send + Sync>;
 
+/// One Asterisk node the provisioner reloads and verifies.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its name in logs and errors (`default` for the single node of the settings).
+    pub node: String,
+    /// Its ARI (reloads with `RELOAD_VIA=ari`; verification without AMI).
+    pub ari: AriClient,
+    /// Its AMI, when configured (reloads with `RELOAD_VIA=ami`; verification when present).
+    pub ami: Option<AmiClient>,
+}
+
 /// Counters, for tests and health.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ProvisionStats {
@@ -81,25 +107,14 @@ pub struct ProvisionStats {
     pub failures: u64,
 }
 
-/// One Asterisk node the provisioner reloads and verifies.
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// The node's name.
-    pub node: String,
-    /// Its ARI.
-    pub ari: AriClient,
-    /// Its AMI, when configured.
-    pub ami: Option<AmiClient>,
-}
-
 /// Shared provisioner (the API holds it in `AppState`).
 pub struct Provisioner {
     db: Db,
     path: PathBuf,
     owner: Option<Owner>,
     reload_via: ReloadVia,
-    ari: AriClient,
-    ami: Option<AmiClient>,
+    mode: PjsipMode,
+    targets: Vec<Target>,
     wake: Notify,
     deleted: Mutex<BTreeSet<String>>,
     known_hook: Mutex<Option<KnownHook>>,
@@ -111,6 +126,11 @@ impl std::fmt::Debug for Provisioner {
         f.debug_struct("Provisioner")
             .field("path", &self.path)
             .field("reload_via", &self.reload_via)
+            .field("mode", &self.mode)
+            .field(
+                "nodes",
+                &self.targets.iter().map(|t| &t.node).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -122,16 +142,26 @@ struct LoopState {
 }
 
 impl Provisioner {
-    /// A provisioner for `settings.pjsip` (file, owner, reload path). `ami` is used for
-    /// reloads with `RELOAD_VIA=ami`, and for verification whenever present.
+    /// A provisioner for `settings.pjsip` (mode, file, owner, reload path) that reloads and
+    /// verifies every one of `targets` (at least one; the first is the one [`Self::ari`] and
+    /// [`Self::ami`] give). A target's AMI is used for reloads with `RELOAD_VIA=ami`, and for
+    /// its verification whenever present.
+    ///
+    /// Errors: [`ProvisionError::NoTargets`]; [`ProvisionError::NoAmi`] naming a node without
+    /// AMI under `RELOAD_VIA=ami`; [`ProvisionError::RealtimeNeedsPostgres`] for
+    /// `PJSIP_MODE=realtime` on SQLite; [`ProvisionError::Owner`].
     pub fn new(
         db: Db,
         settings: &Settings,
         targets: Vec<Target>,
     ) -> Result<Provisioner, ProvisionError> {
-        let Some(Target { ari, ami, .. }) = targets.into_iter().next() else {
-            return Err(ProvisionError::NoAmi);
-        };
+        if targets.is_empty() {
+            return Err(ProvisionError::NoTargets);
+        }
+        let mode = settings.pjsip.pjsip_mode;
+        if mode == PjsipMode::Realtime && db.backend() != Backend::Postgres {
+            return Err(ProvisionError::RealtimeNeedsPostgres);
+        }
         let owner = match settings
             .pjsip
             .pjsip_file_owner
@@ -141,16 +171,20 @@ impl Provisioner {
             Some(s) => Some(render::parse_owner(s).map_err(ProvisionError::Owner)?),
             None => None,
         };
-        if settings.pjsip.reload_via == ReloadVia::Ami && ami.is_none() {
-            return Err(ProvisionError::NoAmi);
+        if settings.pjsip.reload_via == ReloadVia::Ami
+            && let Some(t) = targets.iter().find(|t| t.ami.is_none())
+        {
+            return Err(ProvisionError::NoAmi {
+                node: t.node.clone(),
+            });
         }
         Ok(Provisioner {
             db,
             path: settings.pjsip.pjsip_include_path.clone(),
             owner,
             reload_via: settings.pjsip.reload_via,
-            ari,
-            ami,
+            mode,
+            targets,
             wake: Notify::new(),
             deleted: Mutex::new(BTreeSet::new()),
             known_hook: Mutex::new(None),
@@ -180,14 +214,29 @@ impl Provisioner {
         self.wake.notify_one();
     }
 
-    /// The ARI client (registration status without AMI).
+    /// The ARI client of the first target (registration status without AMI).
     pub fn ari(&self) -> &AriClient {
-        &self.ari
+        &self.first().ari
     }
 
-    /// The AMI client, when configured.
+    /// The AMI client of the first target, when configured.
     pub fn ami(&self) -> Option<&AmiClient> {
-        self.ami.as_ref()
+        self.first().ami.as_ref()
+    }
+
+    /// Every target, in the order given to [`Provisioner::new`].
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Where extensions are provisioned.
+    pub fn mode(&self) -> PjsipMode {
+        self.mode
+    }
+
+    fn first(&self) -> &Target {
+        // `new` refuses an empty list, and the list never changes.
+        &self.targets[0]
     }
 
     /// Counters so far.
@@ -204,11 +253,15 @@ impl Provisioner {
     /// Runs until `cancel`: a drift-repair pass at start, then a pass after each burst of
     /// changes, and retries with backoff after a failure.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let path = self.path.clone();
-        let last_good = tokio::task::spawn_blocking(move || std::fs::read(path).ok())
-            .await
-            .ok()
-            .flatten();
+        let last_good = if self.mode == PjsipMode::File {
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(path).ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         let mut st = LoopState {
             needs_reload: false,
             last_good,
@@ -257,6 +310,23 @@ impl Provisioner {
         }
     }
 
+    /// Where the pass writes, for logs: the file, or `realtime tables`.
+    fn place(&self) -> String {
+        match self.mode {
+            PjsipMode::File => self.path.display().to_string(),
+            PjsipMode::Realtime => "realtime tables".to_string(),
+        }
+    }
+
+    /// Prefix of a per-node message: empty with a single node (messages stay as they were).
+    fn on(&self, node: &str) -> String {
+        if self.targets.len() > 1 {
+            format!("node {node}: ")
+        } else {
+            String::new()
+        }
+    }
+
     /// One pass; Err(()) when it failed (already logged and recorded).
     async fn pass(&self, st: &mut LoopState, initial: bool) -> Result<(), ()> {
         let started = Instant::now();
@@ -283,36 +353,104 @@ impl Provisioner {
             .iter()
             .filter(|e| e.provisioning.state != ProvState::Applied)
             .collect();
-        let content = render::render(&rows).into_bytes();
-        let written = match self.write(content.clone()).await {
-            Ok(w) => w,
-            Err(reason) => {
-                return self
-                    .fail(&pending, &deleted, Failure::Write(reason), started)
-                    .await;
+        // Write where Asterisk reads.
+        let mut content = None;
+        let (written, refused) = match self.mode {
+            PjsipMode::File => {
+                let c = render::render(&rows).into_bytes();
+                match self.write(c.clone()).await {
+                    Ok(w) => {
+                        content = Some(c);
+                        (w, Vec::new())
+                    }
+                    Err(reason) => {
+                        return self
+                            .fail(&pending, &deleted, Failure::Write(reason), started)
+                            .await;
+                    }
+                }
+            }
+            PjsipMode::Realtime => {
+                let wanted: Vec<realtime::Wanted> = render::provisioned(&rows)
+                    .into_iter()
+                    .map(|e| realtime::Wanted {
+                        extension: e.extension.clone(),
+                        sections: render::sections(e, AuthStyle::Md5Cred),
+                    })
+                    .collect();
+                match realtime::apply(&self.db, &wanted).await {
+                    Ok(a) => {
+                        if a.changed > 0 {
+                            self.count(|s| s.writes += 1);
+                        }
+                        (a.changed > 0, a.refused)
+                    }
+                    Err(e) => {
+                        return self
+                            .fail(
+                                &pending,
+                                &deleted,
+                                Failure::Write(format!("realtime tables: {e}")),
+                                started,
+                            )
+                            .await;
+                    }
+                }
             }
         };
         if !written && !st.needs_reload && pending.is_empty() && deleted.is_empty() {
             if initial {
-                tracing::info!(path = %self.path.display(), "PJSIP file matches the database ({} extensions); nothing to do", rows.len());
+                let what = match self.mode {
+                    PjsipMode::File => "file matches",
+                    PjsipMode::Realtime => "realtime tables match",
+                };
+                tracing::info!(place = %self.place(), "PJSIP {what} the database ({} extensions); nothing to do", rows.len());
             }
             return Ok(());
         }
         if written || st.needs_reload {
             self.count(|s| s.reloads += 1);
-            if let Err(f) = self.reload().await {
+            let results = join_all(self.targets.iter().map(|t| self.reload(t))).await;
+            let mut failed: Vec<String> = Vec::new();
+            let mut reloaded: Vec<&str> = Vec::new();
+            let mut rejected = false;
+            for (t, r) in self.targets.iter().zip(results) {
+                match r {
+                    Err(Failure::Reload {
+                        reason,
+                        rejected: r,
+                    }) => {
+                        tracing::warn!(node = %t.node, why = %reason, "PJSIP reload failed node={}: {reason}", t.node);
+                        rejected |= r;
+                        failed.push(format!("{}{reason}", self.on(&t.node)));
+                    }
+                    Err(f) => failed.push(format!("{}{f:?}", self.on(&t.node))),
+                    Ok(()) => reloaded.push(&t.node),
+                }
+            }
+            if !failed.is_empty() {
+                // Verification does not run: say now which nodes took the reload.
+                for node in reloaded {
+                    tracing::info!(node = %node, "PJSIP reload ok node={node} (other nodes failed)");
+                }
                 st.needs_reload = true;
-                if let Failure::Reload { rejected: true, .. } = &f
-                    && written
-                {
+                if rejected && written && self.mode == PjsipMode::File {
                     self.restore(st.last_good.clone()).await;
                 }
+                let f = Failure::Reload {
+                    reason: failed.join("; "),
+                    rejected,
+                };
                 return self.fail(&pending, &deleted, f, started).await;
             }
             st.needs_reload = false;
-            st.last_good = Some(content);
+            if content.is_some() {
+                st.last_good = content;
+            }
         }
-        // Verify.
+        // Verify on every node.
+        let refused_numbers: BTreeSet<&str> =
+            refused.iter().map(|r| r.extension.as_str()).collect();
         let dropped: BTreeSet<String> = rows
             .iter()
             .filter(|e| !e.enabled)
@@ -320,7 +458,7 @@ impl Provisioner {
             .collect();
         let mut must_exist: Vec<&str> = pending
             .iter()
-            .filter(|e| e.enabled)
+            .filter(|e| e.enabled && !refused_numbers.contains(e.extension.as_str()))
             .map(|e| e.extension.as_str())
             .collect();
         must_exist.sort();
@@ -335,25 +473,73 @@ impl Provisioner {
                 .filter(|e| !e.enabled)
                 .map(|e| e.extension.clone()),
         );
-        let known = match self.known(&must_exist, &must_be_gone).await {
-            Ok(k) => k,
-            Err(reason) => {
-                return self
-                    .fail(&pending, &deleted, Failure::Verify(reason), started)
-                    .await;
+        let answers = join_all(
+            self.targets
+                .iter()
+                .map(|t| self.known(t, &must_exist, &must_be_gone)),
+        )
+        .await;
+        let mut known: Vec<(&Target, BTreeSet<String>)> = Vec::with_capacity(answers.len());
+        let mut unreachable: Vec<String> = Vec::new();
+        for (t, a) in self.targets.iter().zip(answers) {
+            match a {
+                Ok(k) => known.push((t, k)),
+                Err(reason) => {
+                    tracing::warn!(node = %t.node, why = %reason, "PJSIP reload failed node={}: {reason}", t.node);
+                    unreachable.push(format!("{}{reason}", self.on(&t.node)));
+                }
             }
-        };
+        }
+        if !unreachable.is_empty() {
+            // Pending rows stay failed, so the retry verifies them again.
+            let f = Failure::Verify(unreachable.join("; "));
+            return self.fail(&pending, &deleted, f, started).await;
+        }
         let now = Utc::now();
         let mut applied = 0usize;
         let mut problems: Vec<String> = Vec::new();
+        let mut node_problems: Vec<Vec<String>> = vec![Vec::new(); known.len()];
         for e in &pending {
-            let loaded = known.contains(&e.extension);
-            let ok = if e.enabled {
-                loaded
-            } else {
-                !loaded || self.ami.is_none()
-            };
-            let p = if ok {
+            if let Some(r) = refused.iter().find(|r| r.extension == e.extension) {
+                problems.push(format!("{}: {}", r.extension, r.reason));
+                self.record(
+                    e,
+                    &Provisioning {
+                        state: ProvState::Failed,
+                        applied_at: None,
+                        error: Some(r.reason.clone()),
+                    },
+                )
+                .await;
+                continue;
+            }
+            let mut errors: Vec<String> = Vec::new();
+            for (i, (t, k)) in known.iter().enumerate() {
+                let loaded = k.contains(&e.extension);
+                let ok = if e.enabled {
+                    loaded
+                } else {
+                    !loaded || t.ami.is_none()
+                };
+                if !ok {
+                    let msg = if e.enabled {
+                        format!(
+                            "Asterisk did not load endpoint {} after the reload",
+                            e.extension
+                        )
+                    } else {
+                        format!(
+                            "Asterisk still has disabled endpoint {} after the reload",
+                            e.extension
+                        )
+                    };
+                    if let Some(p) = node_problems.get_mut(i) {
+                        p.push(msg.clone());
+                    }
+                    errors.push(format!("{}{msg}", self.on(&t.node)));
+                }
+            }
+            let p = if errors.is_empty() {
                 applied += 1;
                 Provisioning {
                     state: ProvState::Applied,
@@ -361,17 +547,7 @@ impl Provisioner {
                     error: None,
                 }
             } else {
-                let msg = if e.enabled {
-                    format!(
-                        "Asterisk did not load endpoint {} after the reload",
-                        e.extension
-                    )
-                } else {
-                    format!(
-                        "Asterisk still has disabled endpoint {} after the reload",
-                        e.extension
-                    )
-                };
+                let msg = errors.join("; ");
                 problems.push(msg.clone());
                 Provisioning {
                     state: ProvState::Failed,
@@ -386,28 +562,45 @@ impl Provisioner {
             if dropped.contains(n) || rows.iter().any(|e| &e.extension == n) {
                 continue; // re-created or still present (disabled): handled with the rows
             }
-            if known.contains(n) && self.ami.is_some() {
-                problems.push(format!(
-                    "Asterisk still has deleted endpoint {n} after the reload"
-                ));
+            let mut there = false;
+            for (i, (t, k)) in known.iter().enumerate() {
+                if k.contains(n) && t.ami.is_some() {
+                    let msg = format!("Asterisk still has deleted endpoint {n} after the reload");
+                    if let Some(p) = node_problems.get_mut(i) {
+                        p.push(msg.clone());
+                    }
+                    problems.push(format!("{}{msg}", self.on(&t.node)));
+                    there = true;
+                }
+            }
+            if there {
                 still_there.push(n.clone());
             } else {
                 applied += 1;
             }
         }
+        for ((t, _), p) in known.iter().zip(&node_problems) {
+            if p.is_empty() {
+                tracing::info!(node = %t.node, "PJSIP reload ok node={}", t.node);
+            } else {
+                let why = p.join("; ");
+                tracing::warn!(node = %t.node, why = %why, "PJSIP reload failed node={}: {why}", t.node);
+            }
+        }
         let ms = reload_measured(started, problems.is_empty());
+        let place = self.place();
         if problems.is_empty() {
-            tracing::info!(file = %self.path.display(), applied, ms, enabled = rows.iter().filter(|e| e.enabled).count(), "PJSIP reload ok: applied {applied} extension change(s) in {ms} ms");
+            tracing::info!(place = %place, nodes = self.targets.len(), applied, ms, enabled = rows.iter().filter(|e| e.enabled).count(), "PJSIP reload ok: applied {applied} extension change(s) in {ms} ms");
             Ok(())
         } else {
             if let Ok(mut d) = self.deleted.lock() {
                 d.extend(still_there);
             }
-            // The file was accepted; reload again on the retry.
+            // What was written was accepted; reload again on the retry.
             st.needs_reload = true;
             self.count(|s| s.failures += 1);
             let why = problems.join("; ");
-            tracing::warn!(file = %self.path.display(), applied, ms, why = %why, "PJSIP reload failed after {ms} ms: {why}; retrying with backoff");
+            tracing::warn!(place = %place, applied, ms, why = %why, "PJSIP reload failed after {ms} ms: {why}; retrying with backoff");
             Err(())
         }
     }
@@ -435,9 +628,10 @@ impl Provisioner {
         }
     }
 
-    async fn reload(&self) -> Result<(), Failure> {
+    /// Reloads res_pjsip on `t`.
+    async fn reload(&self, t: &Target) -> Result<(), Failure> {
         match self.reload_via {
-            ReloadVia::Ari => self.ari.reload_module(PJSIP_MODULE).await.map_err(|e| {
+            ReloadVia::Ari => t.ari.reload_module(PJSIP_MODULE).await.map_err(|e| {
                 let rejected = matches!(e, AriError::Status { .. } | AriError::NotFound { .. });
                 Failure::Reload {
                     reason: format!("reload via ARI: {e}"),
@@ -445,9 +639,12 @@ impl Provisioner {
                 }
             }),
             ReloadVia::Ami => {
-                let Some(ami) = &self.ami else {
+                let Some(ami) = &t.ami else {
                     return Err(Failure::Reload {
-                        reason: ProvisionError::NoAmi.to_string(),
+                        reason: ProvisionError::NoAmi {
+                            node: t.node.clone(),
+                        }
+                        .to_string(),
                         rejected: false,
                     });
                 };
@@ -462,16 +659,22 @@ impl Provisioner {
         }
     }
 
-    /// Which of `exist` and `gone` Asterisk knows after the reload.
-    async fn known(&self, exist: &[&str], gone: &[String]) -> Result<BTreeSet<String>, String> {
+    /// Which of `exist` and `gone` node `t` knows after the reload (AMI when it has one, as
+    /// ARI keeps listing removed endpoints; else ARI, for `exist` only).
+    async fn known(
+        &self,
+        t: &Target,
+        exist: &[&str],
+        gone: &[String],
+    ) -> Result<BTreeSet<String>, String> {
         let mut names: Vec<&str> = exist.to_vec();
-        if self.ami.is_some() {
+        if t.ami.is_some() {
             names.extend(gone.iter().map(String::as_str));
         }
         if names.is_empty() {
             return Ok(BTreeSet::new());
         }
-        match &self.ami {
+        match &t.ami {
             Some(ami) if names.len() > PER_ENDPOINT_LIMIT => {
                 let all = ami
                     .pjsip_endpoint_names()
@@ -492,7 +695,7 @@ impl Provisioner {
                 Ok(known)
             }
             None if names.len() > PER_ENDPOINT_LIMIT => {
-                let all = self
+                let all = t
                     .ari
                     .endpoints()
                     .await
@@ -504,7 +707,7 @@ impl Provisioner {
                     .collect())
             }
             None => {
-                let answers = join_all(names.iter().map(|n| self.ari.endpoint("PJSIP", n))).await;
+                let answers = join_all(names.iter().map(|n| t.ari.endpoint("PJSIP", n))).await;
                 let mut known = BTreeSet::new();
                 for (n, a) in names.iter().zip(answers) {
                     match a {
@@ -553,7 +756,7 @@ impl Provisioner {
         }
         self.count(|s| s.failures += 1);
         let ms = reload_measured(started, false);
-        tracing::warn!(file = %self.path.display(), ms, why = %reason, "PJSIP reload failed after {ms} ms: {reason}; retrying with backoff");
+        tracing::warn!(place = %self.place(), ms, why = %reason, "PJSIP reload failed after {ms} ms: {reason}; retrying with backoff");
         Err(())
     }
 }

@@ -3,7 +3,8 @@
 //! nodes (with the same linkedids: they are unique per node only) are recorded once each
 //! with their node; the replica consuming the nodes is SIGKILLed mid-call and the other
 //! takes over within 5 s, losing and doubling nothing; a live client on the surviving
-//! replica sees the events of both nodes, relayed before the kill and its own after.
+//! replica sees the events of both nodes, relayed before the kill and its own after; with
+//! PJSIP realtime, an extension created through either replica reaches both nodes.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -155,6 +156,57 @@ async fn records(db: &TestDb) -> Vec<(String, String, Option<String>, i64, bool)
         .collect()
 }
 
+/// Creates extension `number` through the replica at `port` and waits until its
+/// provisioning state is `applied` (written, reloaded and verified on every node).
+async fn create_extension(client: &reqwest::Client, port: u16, number: &str, dir: &Path) {
+    let created: Value = client
+        .post(format!("http://127.0.0.1:{port}/extensions"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"extension": number, "password": "S3cure-pass!", "displayName": "Agent"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    wait_until(
+        &format!("extension {number} applied"),
+        dir,
+        Duration::from_secs(20),
+        || {
+            let (client, id) = (client.clone(), id.clone());
+            async move {
+                get_json(&client, port, &format!("/extensions/{id}"))
+                    .await
+                    .is_some_and(|e| e["provisioning"]["state"] == "applied")
+            }
+        },
+    )
+    .await;
+}
+
+/// Whether the endpoint, auth and AOR rows of `number` are in Asterisk's realtime tables.
+async fn realtime_rows(db: &TestDb, number: &str) -> bool {
+    let mut all = true;
+    for (table, id) in [
+        ("ps_endpoints", number.to_string()),
+        ("ps_auths", format!("{number}-auth")),
+        ("ps_aors", number.to_string()),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = $1"))
+            .bind(&id)
+            .fetch_one(db.db.pool())
+            .await
+            .unwrap();
+        all &= n == 1;
+    }
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
     let Some(db) = support::postgres().await else {
@@ -163,12 +215,21 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let client = reqwest::Client::new();
-    let (a, url_a) = Node::start().await;
-    let (b, url_b) = Node::start().await;
+    // Asterisk's realtime tables in the shared database; both nodes read their endpoints
+    // from them (PJSIP realtime).
+    let schema =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(pbxbridge::extensions::realtime::SCHEMA_FILE);
+    sqlx::raw_sql(&std::fs::read_to_string(schema).unwrap())
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+    let (a, url_a) = Node::start_realtime(&db.url).await;
+    let (b, url_b) = Node::start_realtime(&db.url).await;
     let nodes = format!("a={url_a},b={url_b}");
+    let realtime = [("PJSIP_MODE", "realtime")];
 
     // r1 starts first and takes both nodes; r2 stands by.
-    let mut r1 = spawn_replica(&db, &nodes, "r1", dir, &[]);
+    let mut r1 = spawn_replica(&db, &nodes, "r1", dir, &realtime);
     wait_until(
         "r1 consuming both nodes",
         dir,
@@ -179,7 +240,7 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let r2 = spawn_replica(&db, &nodes, "r2", dir, &[]);
+    let r2 = spawn_replica(&db, &nodes, "r2", dir, &realtime);
     wait_until("r2 up, in standby", dir, Duration::from_secs(30), || {
         let client = client.clone();
         async move {
@@ -250,6 +311,13 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         },
     )
     .await;
+
+    // An extension created through r2 (in standby) is written by r1, which runs the
+    // provisioner, into the realtime tables, and both nodes load and verify it.
+    let reloads = (a.reloads(), b.reloads());
+    create_extension(&client, r2.port, "2001", dir).await;
+    assert!(realtime_rows(&db, "2001").await, "{}", logs(dir));
+    assert!(a.reloads() > reloads.0 && b.reloads() > reloads.1);
 
     // SIGKILL the consumer mid-call: r2 takes both nodes over within the limit.
     r1.child.kill().unwrap();
@@ -334,6 +402,12 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         nodes_seen.contains("a") && nodes_seen.contains("b"),
         "{seen:#?}"
     );
+    // r2 now runs the provisioner too: an extension created through it reaches both nodes.
+    let reloads = (a.reloads(), b.reloads());
+    create_extension(&client, r2.port, "2002", dir).await;
+    assert!(realtime_rows(&db, "2002").await, "{}", logs(dir));
+    assert!(a.reloads() > reloads.0 && b.reloads() > reloads.1);
+
     let health = get_json(&client, r2.port, "/health").await.unwrap();
     assert!(
         health["nodes"]

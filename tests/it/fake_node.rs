@@ -5,7 +5,7 @@
 //!   a frame sent so far (its latest snapshot), minus those a `ChannelDestroyed` removed;
 //! - `GET /ari/bridges`: `[]`; `POST /ari/channels/{id}/continue`: 204;
 //! - `PUT /ari/asterisk/modules/{module}` (reload): 204, counted;
-//! - `GET /ari/endpoints/PJSIP/{id}`: with a realtime database ([`Node::start_realtime`]),
+//! - `GET /ari/endpoints` and `GET /ari/endpoints/PJSIP/{id}`: with a realtime database ([`Node::start_realtime`]),
 //!   looked up in its `ps_endpoints` table as Asterisk's sorcery realtime does (200 with the
 //!   ARI `Endpoint` shape, or 404); without one, 404.
 //!
@@ -78,6 +78,7 @@ impl Node {
                 post(|| async { StatusCode::NO_CONTENT }),
             )
             .route("/ari/asterisk/modules/{module}", put(reload))
+            .route("/ari/endpoints", get(endpoints))
             .route("/ari/endpoints/{tech}/{id}", get(endpoint))
             .with_state(node.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -180,6 +181,21 @@ async fn channels(State(node): State<Node>) -> axum::Json<Value> {
 async fn reload(State(node): State<Node>) -> StatusCode {
     node.inner.lock().unwrap().reloads += 1;
     StatusCode::NO_CONTENT
+}
+
+async fn endpoints(State(node): State<Node>) -> axum::Json<Value> {
+    let Some(pool) = &node.realtime else {
+        return axum::Json(json!([]));
+    };
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM ps_endpoints ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    axum::Json(Value::Array(
+        ids.into_iter()
+            .map(|id| json!({"technology": "PJSIP", "resource": id, "state": "offline", "channel_ids": []}))
+            .collect(),
+    ))
 }
 
 async fn endpoint(State(node): State<Node>, Path((tech, id)): Path<(String, String)>) -> Response {
