@@ -2,18 +2,25 @@
 //! [`Supervisor`] (restarted with backoff when it fails, panics or ends; `/health` shows
 //! them) and stops on one [`CancellationToken`] (Ctrl-C / SIGTERM):
 //!
-//! | task | records calls | at shutdown |
-//! |---|---|---|
-//! | `ari`: the ARI events connection | yes | stops at once |
-//! | `pipeline`: parser, tracker, outputs | yes | after `ari`, once the queued frames are processed |
-//! | `writer`: call records into the database | yes | after `pipeline`, once its queue is written |
-//! | `stasis`: Stasis hand-back | no | after `pipeline` |
-//! | `control`: call control's Stasis channels (click-to-call, recordings, transfers) | no | after `stasis` |
-//! | `recorder`: automatic recording of answered calls (`RECORD_CALLS`, click-to-call `record`) | no | at once |
-//! | `cel` (when ASTERISK_CEL_URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
-//! | `ami` (when AMI_USERNAME is set), `provisioner`, `http` | no | at once |
-//! | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
-//! | `retention` (when RETENTION_DAYS > 0): deletes old finished call records, daily | no | at once |
+//! | lease | task | records calls | at shutdown |
+//! |---|---|---|---|
+//! | `ari:NODE` | `ari`: the ARI events connection | yes | stops at once |
+//! | `ari:NODE` | `pipeline`: parser, tracker, outputs | yes | after `ari`, once the queued frames are processed |
+//! | | `writer`: call records into the database | yes | after `pipeline`, once its queue is written |
+//! | `ari:NODE` | `stasis`: Stasis hand-back | no | after `pipeline` |
+//! | `ari:NODE` | `control`: call control's Stasis channels (click-to-call, recordings, transfers) | no | after `stasis` |
+//! | `ari:NODE` | `recorder`: automatic recording of answered calls (`RECORD_CALLS`, click-to-call `record`) | no | at once |
+//! | `ari:NODE` | `cel` (when the node's CEL URL is set): CEL backfill at start, after every ARI (re)connect and every CEL_SWEEP_INTERVAL | yes | at once (what it committed stays; the watermark does not move) |
+//! | | `ami` (per node, when its AMI user is set), `http`, `relay` (PostgreSQL: live events between replicas), `lease:NAME` (PostgreSQL: holds a lease) | no | at once |
+//! | `singleton` | `provisioner` | no | at once |
+//! | `singleton` | `kerio-history`, `kerio-active`, `kavkom-history`, `kavkom-active` (when configured) | no | at once |
+//! | `singleton` | `retention` (when RETENTION_DAYS > 0): deletes old finished call records, daily | no | at once |
+//!
+//! With several Asterisk nodes (`ASTERISK_NODES`) each node has its own `ari`, `pipeline`,
+//! `stasis`, `control`, `recorder`, `cel` and `ami`, named `TASK@NODE`; one writer serves them
+//! all. A task with a lease runs only on the replica holding it (on PostgreSQL, see
+//! [`crate::cluster::lease`]; on SQLite this one process holds every lease), and is
+//! `standby` elsewhere.
 //!
 //! What must survive a restart lives here, outside the attempts: the queues between the
 //! tasks (a restarted consumer locks the same receiving end and goes on with it), the
@@ -97,6 +104,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         replica: replica.clone(),
         shared: db.backend() == crate::db::Backend::Postgres,
     };
+    if nodes.len() > 1 && settings.pjsip.pjsip_mode == crate::config::PjsipMode::File {
+        tracing::warn!(
+            "PJSIP_MODE=file with {} nodes: the include file is written on this host only; use PJSIP_MODE=realtime so every node reads the extensions from PostgreSQL",
+            nodes.len()
+        );
+    }
     if leases.shared {
         tracing::info!(%replica, nodes = nodes.len(), "replica starting: each node's ARI is consumed by the replica holding its lease");
     }

@@ -106,33 +106,62 @@ pub fn table(lines: &[Line]) -> String {
 /// Checks every component of `settings`.
 pub async fn run(settings: &Settings) -> Vec<Line> {
     let mut lines = vec![database(settings).await];
-    let client = AriClient::new(&settings.ari);
-    let ari = client.info().await;
-    lines.push(match &ari {
-        Ok(info) => Line::ok(
-            "ari",
-            format!(
-                "Asterisk {} at {}",
-                info.pointer("/system/version")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?"),
-                client.base()
+    let nodes = match settings.nodes() {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            lines.push(Line::failed(
+                "ari",
+                e,
+                "set ASTERISK_NODES to name=ARI_URL pairs, e.g. pbx1=http://10.0.0.11:8088",
+            ));
+            return lines;
+        }
+    };
+    // One ari / ari app / ami line per node (the detail names the node when there are
+    // several); the PJSIP include is checked on the first node.
+    let named = nodes.len() > 1;
+    let mut first: Option<(AriClient, bool)> = None;
+    for node in &nodes {
+        let client = AriClient::new(&node.ari);
+        let ari = client.info().await;
+        let mut node_lines = vec![match &ari {
+            Ok(info) => Line::ok(
+                "ari",
+                format!(
+                    "Asterisk {} at {}",
+                    info.pointer("/system/version")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?"),
+                    client.base()
+                ),
             ),
-        ),
-        Err(e @ AriError::Unauthorized) => Line::failed(
-            "ari",
-            e.to_string(),
-            "set ARI_USERNAME / ARI_PASSWORD to a user of /etc/asterisk/ari.conf, then `asterisk -rx \"module reload res_ari.so\"`",
-        ),
-        Err(e) => Line::failed(
-            "ari",
-            e.to_string(),
-            "check ARI_URL; Asterisk's http.conf needs enabled=yes and bindaddr/bindport matching it, ari.conf enabled=yes",
-        ),
-    });
-    lines.push(ari_app(&client, ari.is_ok()).await);
-    lines.push(ami(settings).await);
-    lines.push(pjsip_include(settings, &client, ari.is_ok()).await);
+            Err(e @ AriError::Unauthorized) => Line::failed(
+                "ari",
+                e.to_string(),
+                "set ARI_USERNAME / ARI_PASSWORD (ASTERISK_<NODE>_ARI_USERNAME / _ARI_PASSWORD for a named node) to a user of /etc/asterisk/ari.conf, then `asterisk -rx \"module reload res_ari.so\"`",
+            ),
+            Err(e) => Line::failed(
+                "ari",
+                e.to_string(),
+                "check ARI_URL (or the node's URL in ASTERISK_NODES); Asterisk's http.conf needs enabled=yes and bindaddr/bindport matching it, ari.conf enabled=yes",
+            ),
+        }];
+        node_lines.push(ari_app(&client, ari.is_ok()).await);
+        node_lines.push(ami(&node.ami).await);
+        for mut line in node_lines {
+            if named {
+                line.detail = format!("node {}: {}", node.name, line.detail);
+            }
+            lines.push(line);
+        }
+        if first.is_none() {
+            first = Some((client, ari.is_ok()));
+        }
+    }
+    let Some((client, ari_ok)) = first else {
+        return lines;
+    };
+    lines.push(pjsip_include(settings, &client, ari_ok).await);
     lines.push(pjsip_realtime(settings).await);
     lines.push(cel(settings).await);
     lines.push(kerio(settings).await);
@@ -215,8 +244,8 @@ async fn ari_app(client: &AriClient, ari_ok: bool) -> Line {
     }
 }
 
-async fn ami(settings: &Settings) -> Line {
-    let Some(cfg) = crate::ami::AmiConfig::from_settings(&settings.ami) else {
+async fn ami(settings: &crate::config::AmiSettings) -> Line {
+    let Some(cfg) = crate::ami::AmiConfig::from_settings(settings) else {
         return Line::off("ami", "AMI_USERNAME not set");
     };
     let addr = cfg.addr();

@@ -852,6 +852,87 @@ mod tests {
         );
     }
 
+    fn settings(args: &[&str]) -> Settings {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: Settings,
+        }
+        let mut argv = vec!["pbxbridge"];
+        argv.extend_from_slice(args);
+        <Cli as clap::Parser>::parse_from(argv).s
+    }
+
+    #[test]
+    fn one_default_node_without_asterisk_nodes() {
+        let s = settings(&["--ari-url", "http://pbx:8088"]);
+        let nodes = s.nodes_from(|_| None).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, DEFAULT_NODE);
+        assert_eq!(nodes[0].ari.ari_url, "http://pbx:8088");
+    }
+
+    #[test]
+    fn named_nodes_take_their_own_credentials() {
+        let s = settings(&[
+            "--asterisk-nodes",
+            "pbx1=http://10.0.0.11:8088, pbx-2=https://10.0.0.12:8089",
+            "--ari-password",
+            "shared",
+            "--asterisk-cel-url",
+            "postgres://shared/cel",
+        ]);
+        let env = |k: &str| match k {
+            "ASTERISK_PBX_2_ARI_PASSWORD" => Some("own".to_string()),
+            "ASTERISK_PBX_2_AMI_USERNAME" => Some("ami2".to_string()),
+            "ASTERISK_PBX_2_AMI_PORT" => Some("5039".to_string()),
+            "ASTERISK_PBX1_CEL_URL" => Some("postgres://pbx1/cel".to_string()),
+            _ => None,
+        };
+        let nodes = s.nodes_from(env).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, "pbx1");
+        assert_eq!(nodes[0].ari.ari_password.expose(), "shared");
+        assert_eq!(
+            nodes[0].cel_url.as_ref().map(Secret::expose),
+            Some("postgres://pbx1/cel")
+        );
+        assert_eq!(nodes[1].ari.ari_url, "https://10.0.0.12:8089");
+        assert_eq!(nodes[1].ari.ari_password.expose(), "own");
+        assert_eq!(nodes[1].ami.ami_username.as_deref(), Some("ami2"));
+        assert_eq!(nodes[1].ami.ami_port, 5039);
+        // The shared CEL table is not applied to a named node.
+        assert!(nodes[1].cel_url.is_none());
+    }
+
+    #[test]
+    fn bad_node_lists_name_the_setting() {
+        for (list, want) in [
+            ("pbx1", "not name=ARI_URL"),
+            ("PBX=http://a", "must be 1-32"),
+            ("a=ftp://a", "http://"),
+            ("a=http://x,a=http://y", "twice"),
+            (" , ", "no node"),
+        ] {
+            let s = settings(&["--asterisk-nodes", list]);
+            let e = s.nodes_from(|_| None).map(|_| ()).unwrap_err();
+            if list.trim() == "," {
+                assert!(e.contains(want), "{list}: {e}");
+            } else {
+                assert!(
+                    e.contains("ASTERISK_NODES") && e.contains(want),
+                    "{list}: {e}"
+                );
+            }
+        }
+        let s = settings(&["--asterisk-nodes", "a=http://x"]);
+        let e = s
+            .nodes_from(|k| (k == "ASTERISK_A_AMI_PORT").then(|| "x".into()))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.contains("ASTERISK_A_AMI_PORT"), "{e}");
+    }
+
     #[test]
     fn secrets_never_print() {
         let s = Secret::new("hunter2");

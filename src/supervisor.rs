@@ -713,6 +713,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gated_task_runs_only_while_its_gate_is_open() {
+        let (cancel, sup) = supervisor(slow());
+        let (gate, rx) = watch::channel(false);
+        let starts = Starts::default();
+        let s = starts.clone();
+        let task = sup.register(
+            TaskSpec::new("gated").records_calls().gated(rx),
+            move |a: Attempt| {
+                s.record();
+                async move { a.cancel.cancelled().await }
+            },
+        );
+        until("standby", || task.status().state == TaskState::Standby).await;
+        assert_eq!(starts.len(), 0);
+        // In standby a call-recording task is not down.
+        assert!(sup.statuses().recording_down().is_empty());
+        gate.send_replace(true);
+        until("running", || task.status().state == TaskState::Running).await;
+        assert_eq!(starts.len(), 1);
+        // Closing the gate ends the attempt at once (no backoff, no error) ...
+        gate.send_replace(false);
+        until("standby again", || {
+            task.status().state == TaskState::Standby
+        })
+        .await;
+        assert_eq!(task.status().last_error, None);
+        // ... and opening it starts a fresh one at once, although the backoff is 30 s.
+        gate.send_replace(true);
+        until("a second attempt", || starts.len() == 2).await;
+        cancel.cancel();
+        sup.wait().await;
+        assert_eq!(task.status().state, TaskState::Stopped);
+    }
+
+    #[tokio::test]
     async fn supervisor_restarts_a_failing_task() {
         let (cancel, sup) = supervisor(fast());
         let starts = Starts::default();
