@@ -44,7 +44,8 @@ const UPSERT: &str = concat!(
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
     ON CONFLICT (source, node, external_id) DO UPDATE SET ",
     update_set!(),
-    " WHERE COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed"
+    " WHERE (COALESCE(calls.origin, '') <> 'cel' OR NOT excluded.reconstructed) \
+    AND (calls.end_time IS NULL OR excluded.end_time IS NOT NULL)"
 );
 
 /// Filters and paging of `GET /calls` (all optional; times compare with `start_time`).
@@ -75,9 +76,13 @@ pub struct CallFilter {
 /// Writes the records in one transaction: inserted when new, updated (all fields but `id`
 /// and `created_at`) when (`source`, `call_id`) is already stored. Idempotent.
 ///
-/// One rule guards the CEL backfill's work: a record marked `reconstructed` never
-/// overwrites a row whose `origin` is `cel` (a call that Asterisk's CEL saw whole is more
-/// exact than one the tracker finished from what it knew after a gap).
+/// Two rules, in the SQL so they hold whatever the order of the writers:
+/// - a record marked `reconstructed` never overwrites a row whose `origin` is `cel` (a call
+///   that Asterisk's CEL saw whole is more exact than one the tracker finished from what it
+///   knew after a gap);
+/// - a finished row is never overwritten by an unfinished record: a replica that lost its
+///   lease and writes its last snapshots late (after its database link came back) cannot
+///   reopen a call the replica that took over has finished.
 pub async fn upsert_many(db: &Db, records: &[CallRecord]) -> Result<(), DbError> {
     if records.is_empty() {
         return Ok(());

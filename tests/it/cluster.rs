@@ -40,7 +40,7 @@ impl Drop for Replica {
 }
 
 fn spawn_replica(
-    db: &TestDb,
+    db_url: &str,
     nodes: &str,
     id: &str,
     dir: &Path,
@@ -56,7 +56,7 @@ fn spawn_replica(
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(dir)
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", db_url)
         .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("ASTERISK_NODES", nodes)
         .env("REPLICA_ID", id)
@@ -229,7 +229,7 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
     let realtime = [("PJSIP_MODE", "realtime")];
 
     // r1 starts first and takes both nodes; r2 stands by.
-    let mut r1 = spawn_replica(&db, &nodes, "r1", dir, &realtime);
+    let mut r1 = spawn_replica(&db.url, &nodes, "r1", dir, &realtime);
     wait_until(
         "r1 consuming both nodes",
         dir,
@@ -240,7 +240,7 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let r2 = spawn_replica(&db, &nodes, "r2", dir, &realtime);
+    let r2 = spawn_replica(&db.url, &nodes, "r2", dir, &realtime);
     wait_until("r2 up, in standby", dir, Duration::from_secs(30), || {
         let client = client.clone();
         async move {
@@ -426,4 +426,190 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         "{health}"
     );
     drop(r2);
+}
+
+/// A TCP proxy to PostgreSQL that can be frozen like a cut link: while frozen it forwards
+/// nothing either way and keeps every connection open (no FIN, no RST), as a dead network
+/// path or a frozen peer would.
+struct FreezableProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FreezableProxy {
+    async fn start(target: String) -> FreezableProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let f = f.clone();
+                    conns.spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while f.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Keep the other half open while frozen (no FIN on a dead path).
+                        while f.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    });
+                }
+            }
+        });
+        FreezableProxy { port, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The consuming replica loses the database (its link to PostgreSQL freezes, nothing is
+/// closed): it stands down by itself, PostgreSQL ends its silent session and frees the lock,
+/// and the other replica takes the node over within 5 s. When the link comes back, the
+/// stale replica's late writes reopen nothing, and every call is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replica_that_loses_the_database_hands_over_within_5_s() {
+    let Some(db) = support::postgres().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let client = reqwest::Client::new();
+    let (a, url_a) = Node::start().await;
+    let nodes = format!("a={url_a}");
+    // r1 reaches PostgreSQL through the proxy; r2 directly.
+    let (host_port, rest) = db
+        .url
+        .trim_start_matches("postgres://")
+        .split_once('/')
+        .unwrap();
+    let (user, target) = host_port.split_once('@').unwrap();
+    let proxy = FreezableProxy::start(target.to_string()).await;
+    let proxied = format!("postgres://{user}@127.0.0.1:{}/{rest}", proxy.port);
+    let r1 = spawn_replica(&proxied, &nodes, "r1", dir, &[]);
+    wait_until("r1 consuming", dir, Duration::from_secs(30), || {
+        let a = a.clone();
+        async move { a.open_connections() == 1 }
+    })
+    .await;
+    let r2 = spawn_replica(&db.url, &nodes, "r2", dir, &[]);
+    wait_until("r2 in standby", dir, Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            get_json(&client, r2.port, "/health")
+                .await
+                .is_some_and(|h| h["nodes"][0]["role"] == "standby")
+        }
+    })
+    .await;
+
+    send_all(&a, &call('8', 0));
+    let up = call('8', 1);
+    send_all(&a, &up[..MID_CALL]);
+    wait_until("r1 wrote the calls", dir, Duration::from_secs(20), || {
+        let db = &db;
+        async move {
+            let r = records(db).await;
+            r.len() == 2 && r.iter().filter(|x| x.4).count() == 1
+        }
+    })
+    .await;
+
+    // The link freezes mid-call.
+    proxy.freeze(true);
+    let frozen = Instant::now();
+    wait_until("r2 consuming", dir, Duration::from_secs(15), || {
+        let a = a.clone();
+        async move { a.connections() == 2 }
+    })
+    .await;
+    let took = a.accepted_at(1).unwrap().duration_since(frozen);
+    eprintln!(
+        "database lost: node taken over {} ms after the freeze",
+        took.as_millis()
+    );
+    assert!(
+        took <= FAILOVER_LIMIT,
+        "takeover took {took:?}\n{}",
+        logs(dir)
+    );
+    // r1 stood down by itself: it closed its events connection.
+    wait_until(
+        "r1 closed its ARI link",
+        dir,
+        Duration::from_secs(5),
+        || {
+            let a = a.clone();
+            async move { a.open_connections() == 1 }
+        },
+    )
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_all(&a, &up[MID_CALL..]);
+    send_all(&a, &call('8', 2));
+    wait_until("every call finished", dir, Duration::from_secs(20), || {
+        let db = &db;
+        async move {
+            let r = records(db).await;
+            r.len() == 3 && r.iter().all(|x| x.4)
+        }
+    })
+    .await;
+
+    // The link comes back: r1 writes what it still held, stays in standby, reopens nothing.
+    proxy.freeze(false);
+    wait_until("r1 back, in standby", dir, Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            get_json(&client, r1.port, "/health")
+                .await
+                .is_some_and(|h| {
+                    h["nodes"][0]["role"] == "standby" && h["pipeline"]["writerPending"] == 0
+                })
+        }
+    })
+    .await;
+    let got = records(&db).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|x| x.4 && x.2.as_deref() == Some("answered")),
+        "{got:?}"
+    );
+    assert_eq!(a.open_connections(), 1);
 }
