@@ -233,7 +233,7 @@ async fn change(
     };
     e.revision = revision;
     let renamed = (old.extension != e.extension).then_some(old.extension.as_str());
-    wake(&state, renamed).await;
+    wake(state, renamed).await;
     tracing::info!(extension = %e.extension, id = %e.id, by = %principal.name, "extension updated");
     Ok(Json(e.to_json()))
 }

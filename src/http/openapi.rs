@@ -398,8 +398,34 @@ pub struct Health {
     pub live_subscribers: u64,
     /// Live fan-out counters: `{written, resyncs, slowClosed, latency}`.
     pub live: Value,
-    /// The supervised tasks.
+    /// The supervised tasks (`standby`: another replica holds the task's lease).
     pub tasks: Vec<TaskStatus>,
+    /// This replica's id (`REPLICA_ID`).
+    pub replica: String,
+    /// The Asterisk nodes, as this replica sees them.
+    pub nodes: Vec<HealthNode>,
+    /// PostgreSQL only: who took each lease last (`ari:NODE`, `singleton`).
+    pub leases: Option<Vec<crate::cluster::store::LeaseHolder>>,
+    /// PostgreSQL only: the live relay's counters (`{sent, received, tooLarge, errors,
+    /// lagged, reconnects, signalsSent, signalsReceived, listening}`).
+    pub relay: Option<Value>,
+}
+
+/// One entry of `nodes` of [`Health`].
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthNode {
+    /// The node's name (`default` without `ASTERISK_NODES`).
+    pub name: String,
+    /// `consumer` when this replica consumes the node's ARI, else `standby`.
+    #[schema(pattern = "^(consumer|standby)$")]
+    pub role: String,
+    /// Its ARI events connection (`connecting` on a standby replica).
+    pub ari: AriState,
+    /// ARI frames this replica read from the node.
+    pub frames: u64,
+    /// Frames that did not parse.
+    pub parse_errors: u64,
 }
 
 /// `database` of [`Health`].
