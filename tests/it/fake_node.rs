@@ -4,7 +4,8 @@
 //! - `GET /ari/channels`: the channels up, as Asterisk would list them: every channel seen in
 //!   a frame sent so far (its latest snapshot), minus those a `ChannelDestroyed` removed;
 //! - `GET /ari/bridges`: `[]`; `POST /ari/channels/{id}/continue`: 204;
-//! - `PUT /ari/asterisk/modules/{module}` (reload): 204, counted;
+//! - `PUT /ari/asterisk/modules/{module}` (reload): 204 for `res_pjsip.so` (counted), 404
+//!   for another module, 500 while [`Node::fail_reload`] is on;
 //! - `GET /ari/endpoints` and `GET /ari/endpoints/PJSIP/{id}`: with a realtime database ([`Node::start_realtime`]),
 //!   looked up in its `ps_endpoints` table as Asterisk's sorcery realtime does (200 with the
 //!   ARI `Endpoint` shape, or 404); without one, 404.
@@ -34,8 +35,12 @@ struct Inner {
     accepted_at: Vec<Instant>,
     /// Channels up, by id (their latest snapshot).
     channels: BTreeMap<String, Value>,
-    /// Module reloads asked for.
+    /// res_pjsip reloads accepted.
     reloads: usize,
+    /// Refuse reloads (HTTP 500).
+    fail_reload: bool,
+    /// Requests to the PJSIP side (`PUT /ari/asterisk/modules/M`, `GET /ari/endpoints/T/ID`).
+    log: Vec<String>,
     /// Endpoints looked up (`GET /ari/endpoints/PJSIP/{id}`).
     endpoint_lookups: usize,
 }
@@ -45,6 +50,7 @@ struct Inner {
 pub struct Node {
     inner: Arc<Mutex<Inner>>,
     realtime: Option<sqlx::PgPool>,
+    base: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Node {
@@ -83,6 +89,7 @@ impl Node {
             .with_state(node.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let _ = node.base.set(url.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -130,9 +137,25 @@ impl Node {
         self.inner.lock().unwrap().accepted_at.get(n).copied()
     }
 
-    /// Module reloads asked for so far.
+    /// Its ARI base URL.
+    pub fn url(&self) -> String {
+        self.base.get().cloned().unwrap_or_default()
+    }
+
+    /// res_pjsip reloads accepted so far.
     pub fn reloads(&self) -> usize {
         self.inner.lock().unwrap().reloads
+    }
+
+    /// Makes it refuse (500) or accept again module reloads.
+    pub fn fail_reload(&self, fail: bool) {
+        self.inner.lock().unwrap().fail_reload = fail;
+    }
+
+    /// Whether it was asked for PJSIP endpoint `id`.
+    pub fn asked_for(&self, id: &str) -> bool {
+        let want = format!("GET /ari/endpoints/PJSIP/{id}");
+        self.inner.lock().unwrap().log.contains(&want)
     }
 
     /// Endpoint look-ups so far.
@@ -178,9 +201,19 @@ async fn channels(State(node): State<Node>) -> axum::Json<Value> {
     axum::Json(Value::Array(inner.channels.values().cloned().collect()))
 }
 
-async fn reload(State(node): State<Node>) -> StatusCode {
-    node.inner.lock().unwrap().reloads += 1;
-    StatusCode::NO_CONTENT
+async fn reload(State(node): State<Node>, Path(module): Path<String>) -> StatusCode {
+    let mut inner = node.inner.lock().unwrap();
+    inner
+        .log
+        .push(format!("PUT /ari/asterisk/modules/{module}"));
+    if inner.fail_reload {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if module == "res_pjsip.so" {
+        inner.reloads += 1;
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 async fn endpoints(State(node): State<Node>) -> axum::Json<Value> {
@@ -199,7 +232,11 @@ async fn endpoints(State(node): State<Node>) -> axum::Json<Value> {
 }
 
 async fn endpoint(State(node): State<Node>, Path((tech, id)): Path<(String, String)>) -> Response {
-    node.inner.lock().unwrap().endpoint_lookups += 1;
+    {
+        let mut inner = node.inner.lock().unwrap();
+        inner.endpoint_lookups += 1;
+        inner.log.push(format!("GET /ari/endpoints/{tech}/{id}"));
+    }
     let Some(pool) = &node.realtime else {
         return (
             StatusCode::NOT_FOUND,

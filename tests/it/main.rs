@@ -15,7 +15,6 @@ mod extensions;
 mod fake_ari;
 mod fake_asterisk;
 mod fake_node;
-mod fake_realtime;
 mod fakes;
 mod kavkom;
 mod kerio;

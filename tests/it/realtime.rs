@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sqlx::{Executor, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::fake_realtime::FakeNode;
+use crate::fake_node::Node;
 use crate::support::{self, TestDb};
 
 fn ext(number: &str, name: &str) -> Extension {
@@ -179,7 +179,10 @@ async fn realtime_two_nodes_create_update_disable_delete() {
     let db = &t.db;
     add_admin_rows(db).await;
     let before = admin_rows(db).await;
-    let (a, b) = (FakeNode::start(&t.url).await, FakeNode::start(&t.url).await);
+    let (a, b) = (
+        Node::start_realtime(&t.url).await.0,
+        Node::start_realtime(&t.url).await.0,
+    );
     let p = provisioner(&t, vec![target("a", &a.url()), target("b", &b.url())]);
     assert_eq!(p.targets().len(), 2);
     assert_eq!(
@@ -411,7 +414,10 @@ fn realtime_node_that_refuses_the_reload_fails_the_pass_until_it_accepts() {
     rt.block_on(async {
         let Some(t) = pg_realtime().await else { return };
         let db = &t.db;
-        let (a, b) = (FakeNode::start(&t.url).await, FakeNode::start(&t.url).await);
+        let (a, b) = (
+            Node::start_realtime(&t.url).await.0,
+            Node::start_realtime(&t.url).await.0,
+        );
         b.fail_reload(true);
         let p = provisioner(&t, vec![target("a", &a.url()), target("b", &b.url())]);
         let cancel = CancellationToken::new();
@@ -497,7 +503,7 @@ async fn realtime_missing_tables_name_the_schema_file() {
     let Some(t) = support::postgres().await else {
         return;
     };
-    let node = FakeNode::start(&t.url).await;
+    let node = Node::start_realtime(&t.url).await.0;
     let p = provisioner(&t, vec![target("default", &node.url())]);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(p.clone().run(cancel.clone()));
@@ -551,7 +557,7 @@ async fn realtime_missing_tables_name_the_schema_file() {
 #[tokio::test]
 async fn realtime_through_the_http_api() {
     let Some(t) = pg_realtime().await else { return };
-    let node = FakeNode::start(&t.url).await;
+    let node = Node::start_realtime(&t.url).await.0;
     let running = pbxbridge::app::start(support::daemon_settings(
         &t,
         &node.url(),
