@@ -36,8 +36,9 @@ pub trait Publish: Send + Sync {
     /// A call changed; `origin` is when the ARI frame behind it arrived.
     fn publish_call_from(&self, update: &CallUpdate, origin: Instant);
     /// A registration event (`PeerStatusChange`, `ContactStatusChange`,
-    /// `EndpointStateChange`) of an agent's endpoint, arrived at `origin`.
-    fn apply_registration(&self, event: &Event, origin: Instant);
+    /// `EndpointStateChange`) of an agent's endpoint on Asterisk node `node`, arrived at
+    /// `origin`.
+    fn apply_registration(&self, event: &Event, node: &str, origin: Instant);
 }
 
 /// Parser, tracker and outputs, driven one message at a time.
@@ -201,7 +202,7 @@ impl Pipeline {
                 if let Some(hub) = &self.hub
                     && self.tracker.agents().is_agent(&endpoint.resource)
                 {
-                    hub.apply_registration(ev, arrived);
+                    hub.apply_registration(ev, self.tracker.node(), arrived);
                 }
             }
             _ => {}

@@ -231,6 +231,13 @@ impl Tracker {
         self
     }
 
+    /// The Asterisk node this tracker folds the events of.
+    pub fn node(&self) -> &str {
+        self.node
+            .as_deref()
+            .unwrap_or(crate::calls::model::DEFAULT_NODE)
+    }
+
     /// Takes back calls that were live when the daemon stopped (from the database). They
     /// are matched to channels by linkedid at the next [`Tracker::resync`]; those whose
     /// channels are gone are finished then, marked reconstructed. Records of another source

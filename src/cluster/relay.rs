@@ -695,6 +695,7 @@ mod tests {
             extension: "1001".into(),
             state: "online".into(),
             contacts: Vec::new(),
+            node: None,
         };
         let s = serde_json::to_string(&Wire::Extension {
             replica: "r1".into(),

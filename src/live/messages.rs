@@ -8,7 +8,7 @@
 //!   on every state change (ringing for outbound calls, connected, transferred, ended or
 //!   missed). `transferredTo` is the agent the call was transferred to (null when none).
 //! - the call JSON in `snapshot` is the API's, which carries `transferredTo` too.
-//! - `extension_status` `{extension, state: "online"|"offline", contacts: [{uri, status, rttMs}]}`.
+//! - `extension_status` `{extension, state: "online"|"offline", contacts: [{uri, status, rttMs}], node}`.
 //! - `snapshot` `{calls: [call JSON...], extensions: [extension_status data...]}`.
 //! - `resync` `{missed}`: the client fell behind; a fresh `snapshot` follows.
 //!

@@ -37,6 +37,10 @@ pub struct ExtensionStatus {
     pub state: String,
     /// Registered contacts.
     pub contacts: Vec<ContactStatus>,
+    /// The Asterisk node whose event last changed this state (with several nodes an agent
+    /// registers to one of them); `None` when not known.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// One contact of an extension (ARI `ContactInfo`).
@@ -366,8 +370,9 @@ impl Hub {
 
     /// Folds a registration event (`PeerStatusChange`, `ContactStatusChange`,
     /// `EndpointStateChange`) for an agent extension into its state and publishes the new
-    /// state when it changed. Other events are ignored. `origin`: when the frame arrived.
-    pub fn apply_registration(&self, event: &crate::ari::Event, origin: Instant) {
+    /// state when it changed. Other events are ignored. `node`: the Asterisk node it came
+    /// from; `origin`: when the frame arrived.
+    pub fn apply_registration(&self, event: &crate::ari::Event, node: &str, origin: Instant) {
         use crate::ari::Event;
         let (endpoint, contact) = match event {
             Event::PeerStatusChange { endpoint, .. }
@@ -388,8 +393,10 @@ impl Hub {
                 extension: endpoint.resource.clone(),
                 state: "offline".into(),
                 contacts: Vec::new(),
+                node: None,
             });
         let before = status.clone();
+        status.node = Some(node.to_string());
         if let Some(state) = &endpoint.state {
             status.state = state.clone();
         }
@@ -535,8 +542,8 @@ impl crate::calls::ingest::Publish for Hub {
         Hub::publish_call_from(self, update, origin);
     }
 
-    fn apply_registration(&self, event: &crate::ari::Event, origin: Instant) {
-        Hub::apply_registration(self, event, origin);
+    fn apply_registration(&self, event: &crate::ari::Event, node: &str, origin: Instant) {
+        Hub::apply_registration(self, event, node, origin);
     }
 }
 
@@ -549,6 +556,7 @@ mod tests {
             extension: format!("{n}"),
             state: "online".into(),
             contacts: Vec::new(),
+            node: None,
         }
     }
 

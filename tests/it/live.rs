@@ -449,6 +449,7 @@ fn big_status(i: usize) -> pbxbridge::live::ExtensionStatus {
                 rtt_ms: Some(1.5),
             })
             .collect(),
+        node: None,
     }
 }
 
@@ -563,6 +564,7 @@ async fn a_client_that_stops_reading_gets_resync_and_delays_nobody() {
             extension: "1999".into(),
             state: "offline".into(),
             contacts: vec![],
+            node: None,
         });
     let after = read_within(&mut slow, Duration::from_secs(60), |m| {
         m.iter().any(|x| x["data"]["extension"] == "1999")

@@ -91,6 +91,7 @@ fn status(ext: &str, state: &str) -> ExtensionStatus {
             status: "Reachable".into(),
             rtt_ms: Some(12.5),
         }],
+        node: Some("a".into()),
     }
 }
 
