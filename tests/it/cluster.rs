@@ -613,3 +613,57 @@ async fn cluster_replica_that_loses_the_database_hands_over_within_5_s() {
     );
     assert_eq!(a.open_connections(), 1);
 }
+
+/// Leases one at a time: of two holders of one lease, one holds it; when it lets go (its
+/// task is cancelled) the other takes it at its next try; SQLite refuses leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_is_held_by_one_replica_at_a_time() {
+    use pbxbridge::cluster::lease::{CHECK_INTERVAL, Lease, LeaseError};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    let sqlite: pbxbridge::config::DatabaseUrl = "sqlite://x.db".parse().unwrap();
+    assert!(matches!(
+        Lease::new("ari:a", "r1", &sqlite),
+        Err(LeaseError::NotPostgres)
+    ));
+    let Some(db) = support::postgres().await else {
+        return;
+    };
+    let url: pbxbridge::config::DatabaseUrl = db.url.parse().unwrap();
+    let start = |replica: &str| {
+        let lease = Lease::new("ari:a", replica, &url).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { lease.run(&tx, c).await });
+        (rx, cancel, task)
+    };
+    let (mut g1, c1, t1) = start("r1");
+    g1.wait_for(|held| *held).await.unwrap();
+    let (g2, c2, t2) = start("r2");
+    tokio::time::sleep(CHECK_INTERVAL * 3).await;
+    assert!(*g1.borrow() && !*g2.borrow(), "both or neither hold it");
+    let holders = pbxbridge::cluster::store::holders(&db.db).await.unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(
+        (holders[0].name.as_str(), holders[0].replica.as_str()),
+        ("ari:a", "r1")
+    );
+
+    // r1 stops: its lock is released, and r2 takes it within about one interval.
+    let released = Instant::now();
+    c1.cancel();
+    t1.await.unwrap();
+    assert!(!*g1.borrow());
+    let mut g2w = g2.clone();
+    tokio::time::timeout(CHECK_INTERVAL * 3, g2w.wait_for(|held| *held))
+        .await
+        .expect("r2 took the lease")
+        .unwrap();
+    eprintln!("lease handed over in {} ms", released.elapsed().as_millis());
+    let holders = pbxbridge::cluster::store::holders(&db.db).await.unwrap();
+    assert_eq!(holders[0].replica, "r2");
+    c2.cancel();
+    t2.await.unwrap();
+}
