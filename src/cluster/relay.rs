@@ -19,7 +19,9 @@
 //! again. Sending never slows the pipeline: the relay is an ordinary hub subscriber (bounded;
 //! when it lags, the events it missed are not relayed and a warning says how many), and it
 //! sends from its own task, one `NOTIFY` at a time so that order is kept. The listening
-//! connection (application name `pbxbridge-relay <replica>`) reconnects when it drops;
+//! connection (application name `pbxbridge-relay <replica>`) reconnects when it drops, or
+//! when it heard nothing for 3 [`HEARTBEAT`]s (each replica signals `heartbeat` every 5 s and
+//! hears its own: a frozen link goes quiet);
 //! events sent meanwhile are lost, so after a reconnect the calls in progress that came
 //! through the relay are reloaded from the database (`calls::store::open_calls`) and every
 //! local subscriber is told to resync ([`Hub::resync_subscribers`]).
@@ -49,6 +51,10 @@ pub const SIGNAL_CHANNEL: &str = "pbxbridge_signal";
 /// Largest call payload sent whole, in bytes; a larger one goes by reference (PostgreSQL
 /// refuses payloads of 8000 bytes or more).
 pub const MAX_INLINE: usize = 7000;
+/// Interval of the relay's heartbeat signal, the liveness check of its listening connection.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Name of the heartbeat signal (ignored by every receiver, its sender included).
+pub const HEARTBEAT_SIGNAL: &str = "heartbeat";
 /// Largest payload of any kind, in bytes (PostgreSQL's limit is "shorter than 8000 bytes").
 const MAX_PAYLOAD: usize = 7999;
 /// How long a receiver waits, in all, for the writer to store the version of a call that
@@ -500,11 +506,30 @@ impl Relay {
             }
             connected_before = true;
             self.set_listening(true);
+            // Liveness: a heartbeat signal every HEARTBEAT; a listener that heard nothing
+            // (not even its own heartbeat) for 3 of them is on a dead link.
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut heard = tokio::time::Instant::now();
             loop {
                 let next = tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = beat.tick() => {
+                        if heard.elapsed() > HEARTBEAT * 3 {
+                            self.set_listening(false);
+                            RelayStats::add(&self.inner.stats.errors, 1);
+                            tracing::warn!(
+                                silent_ms = heard.elapsed().as_millis() as u64,
+                                "cluster relay heard nothing, not even its own heartbeat: reconnecting its listener"
+                            );
+                            break;
+                        }
+                        let _ = tokio::time::timeout(HEARTBEAT, self.signal(HEARTBEAT_SIGNAL)).await;
+                        continue;
+                    }
                     n = listener.try_recv() => n,
                 };
+                heard = tokio::time::Instant::now();
                 match next {
                     Ok(Some(n)) => self.receive(&n).await,
                     Ok(None) => {
@@ -653,7 +678,7 @@ impl Relay {
             Ok(s) => s,
             Err(e) => return self.malformed(SIGNAL_CHANNEL, payload, &e),
         };
-        if signal.replica == self.inner.replica {
+        if signal.replica == self.inner.replica || signal.name == HEARTBEAT_SIGNAL {
             return;
         }
         RelayStats::add(&self.inner.stats.signals_received, 1);
@@ -704,7 +729,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             s,
-            r#"{"kind":"extension","replica":"r1","status":{"extension":"1001","state":"online","contacts":[]}}"#
+            r#"{"kind":"extension","replica":"r1","status":{"extension":"1001","state":"online","contacts":[],"node":null}}"#
         );
         let back: Wire<'static> = serde_json::from_str(&s).unwrap();
         let Wire::Extension { status: got, .. } = back else {
