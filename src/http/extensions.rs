@@ -294,8 +294,85 @@ async fn status(
         "activeChannels": 0,
         "provisioning": e.provisioning.to_json(),
     });
-    if let Some(ami) = p.ami() {
-        match ami.pjsip_show_endpoint(&e.extension).await {
+    // Every node is asked at once: with several nodes an agent registers to one of them.
+    let per_node: Vec<Value> = futures_util::future::join_all(
+        p.targets()
+            .iter()
+            .map(|t| node_status(&state, t, &e.extension)),
+    )
+    .await;
+    if let [one] = per_node.as_slice() {
+        for (k, v) in one.as_object().into_iter().flatten() {
+            if k != "node" {
+                out[k.as_str()] = v.clone();
+            }
+        }
+        return Ok(Json(out));
+    }
+    let any = |k: &str, v: &str| per_node.iter().any(|n| n[k] == v);
+    out["registered"] = json!(per_node.iter().any(|n| n["registered"] == true));
+    out["state"] = json!(if any("state", "online") {
+        "online"
+    } else if any("state", "offline") {
+        "offline"
+    } else {
+        "unknown"
+    });
+    out["activeChannels"] = json!(
+        per_node
+            .iter()
+            .filter_map(|n| n["activeChannels"].as_u64())
+            .sum::<u64>()
+    );
+    out["contacts"] = Value::Array(
+        per_node
+            .iter()
+            .flat_map(|n| {
+                let node = n["node"].clone();
+                n["contacts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |mut c| {
+                        c["node"] = node.clone();
+                        c
+                    })
+            })
+            .collect(),
+    );
+    let errors: Vec<String> = per_node
+        .iter()
+        .filter_map(|n| {
+            n["pbxError"]
+                .as_str()
+                .map(|err| format!("node {}: {err}", n["node"].as_str().unwrap_or("?")))
+        })
+        .collect();
+    if !errors.is_empty() {
+        out["pbxError"] = json!(errors.join("; "));
+    }
+    out["nodes"] = Value::Array(per_node);
+    Ok(Json(out))
+}
+
+/// The registration of `extension` on one node: `{node, registered, state, contacts,
+/// activeChannels, pbxError?}`, from AMI `PJSIPShowEndpoint` when the node has AMI, else
+/// ARI `GET /endpoints/PJSIP/{ext}` (contacts then from the live registration state).
+async fn node_status(
+    state: &AppState,
+    target: &crate::extensions::provision::Target,
+    extension: &str,
+) -> Value {
+    let mut out = json!({
+        "node": target.node,
+        "registered": false,
+        "state": "unknown",
+        "contacts": [],
+        "activeChannels": 0,
+    });
+    if let Some(ami) = &target.ami {
+        match ami.pjsip_show_endpoint(extension).await {
             Ok(None) => {}
             Ok(Some(d)) => {
                 let online = d
@@ -328,23 +405,20 @@ async fn status(
                 out["pbxError"] = json!(err.to_string());
             }
             Err(err) => {
-                tracing::warn!(extension = %e.extension, "AMI PJSIPShowEndpoint failed: {err}");
+                tracing::warn!(extension, node = %target.node, "AMI PJSIPShowEndpoint failed: {err}");
                 out["pbxError"] = json!(err.to_string());
             }
         }
     } else {
-        match p.ari().endpoint("PJSIP", &e.extension).await {
+        match target.ari.endpoint("PJSIP", extension).await {
             Ok(ep) => {
                 let online = ep.state.as_deref() == Some("online");
                 out["registered"] = json!(online);
                 out["state"] = json!(if online { "online" } else { "offline" });
                 out["activeChannels"] = json!(ep.channel_ids.len());
-                if let Some(live) = state
-                    .hub
-                    .extension_states()
-                    .into_iter()
-                    .find(|s| s.extension == e.extension)
-                {
+                if let Some(live) = state.hub.extension_states().into_iter().find(|s| {
+                    s.extension == extension && s.node.as_deref().is_none_or(|n| n == target.node)
+                }) {
                     out["contacts"] = json!(live.contacts);
                 }
             }
@@ -352,5 +426,5 @@ async fn status(
             Err(err) => out["pbxError"] = json!(err.to_string()),
         }
     }
-    Ok(Json(out))
+    out
 }

@@ -689,6 +689,10 @@ pub struct ExtensionStatus {
     /// Why Asterisk could not be asked.
     #[schema(nullable = false)]
     pub pbx_error: Option<String>,
+    /// With several Asterisk nodes: each node's own answer, `[{node, registered, state,
+    /// contacts, activeChannels, pbxError?}]` (the fields above then merge them: registered
+    /// or online on any node, channels summed, contacts with their `node`).
+    pub nodes: Option<Vec<Value>>,
 }
 
 /// A registered contact (`userAgent` and `expiresAt` come with AMI only).

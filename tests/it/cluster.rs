@@ -158,7 +158,7 @@ async fn records(db: &TestDb) -> Vec<(String, String, Option<String>, i64, bool)
 
 /// Creates extension `number` through the replica at `port` and waits until its
 /// provisioning state is `applied` (written, reloaded and verified on every node).
-async fn create_extension(client: &reqwest::Client, port: u16, number: &str, dir: &Path) {
+async fn create_extension(client: &reqwest::Client, port: u16, number: &str, dir: &Path) -> String {
     let created: Value = client
         .post(format!("http://127.0.0.1:{port}/extensions"))
         .bearer_auth(TOKEN)
@@ -187,6 +187,7 @@ async fn create_extension(client: &reqwest::Client, port: u16, number: &str, dir
         },
     )
     .await;
+    id
 }
 
 /// Whether the endpoint, auth and AOR rows of `number` are in Asterisk's realtime tables.
@@ -315,7 +316,7 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
     // An extension created through r2 (in standby) is written by r1, which runs the
     // provisioner, into the realtime tables, and both nodes load and verify it.
     let reloads = (a.reloads(), b.reloads());
-    create_extension(&client, r2.port, "2001", dir).await;
+    let _ = create_extension(&client, r2.port, "2001", dir).await;
     assert!(realtime_rows(&db, "2001").await, "{}", logs(dir));
     assert!(a.reloads() > reloads.0 && b.reloads() > reloads.1);
 
@@ -404,9 +405,21 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
     );
     // r2 now runs the provisioner too: an extension created through it reaches both nodes.
     let reloads = (a.reloads(), b.reloads());
-    create_extension(&client, r2.port, "2002", dir).await;
+    let id = create_extension(&client, r2.port, "2002", dir).await;
     assert!(realtime_rows(&db, "2002").await, "{}", logs(dir));
     assert!(a.reloads() > reloads.0 && b.reloads() > reloads.1);
+    // Its registration is asked of both nodes.
+    let status = get_json(&client, r2.port, &format!("/extensions/{id}/status"))
+        .await
+        .unwrap();
+    let per_node: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(per_node, ["a", "b"], "{status}");
+    assert_eq!(status["state"], "offline", "{status}");
 
     let health = get_json(&client, r2.port, "/health").await.unwrap();
     assert!(
