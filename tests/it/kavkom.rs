@@ -423,6 +423,7 @@ async fn kavkom_verify_checks_token_and_domain() {
 
 #[tokio::test]
 async fn kavkom_first_and_incremental_sync_with_paging() {
+    let date = regex::Regex::new(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}$").unwrap();
     for t in support::both().await {
         let fake = Fake::start().await;
         fake.st.newest_first.store(true, Ordering::Relaxed);
@@ -492,7 +493,6 @@ async fn kavkom_first_and_incremental_sync_with_paging() {
             .map(|(p, _, _)| p.as_str())
             .collect();
         assert_eq!(last_chunk, ["1", "2", "3"]);
-        let date = regex::Regex::new(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}$").unwrap();
         for h in fake.hits("/cdr/list") {
             assert!(
                 date.is_match(&h.query["filter[start_date]"])
