@@ -148,6 +148,15 @@ pub async fn run(settings: &Settings) -> Vec<Line> {
         }];
         node_lines.push(ari_app(&client, ari.is_ok()).await);
         node_lines.push(ami(&node.ami).await);
+        let cel_setting = if named {
+            format!(
+                "ASTERISK_{}_CEL_URL",
+                node.name.to_ascii_uppercase().replace('-', "_")
+            )
+        } else {
+            "ASTERISK_CEL_URL".to_string()
+        };
+        node_lines.push(cel(node.cel_url.as_ref(), &cel_setting).await);
         for mut line in node_lines {
             if named {
                 line.detail = format!("node {}: {}", node.name, line.detail);
@@ -163,7 +172,6 @@ pub async fn run(settings: &Settings) -> Vec<Line> {
     };
     lines.push(pjsip_include(settings, &client, ari_ok).await);
     lines.push(pjsip_realtime(settings).await);
-    lines.push(cel(settings).await);
     lines.push(kerio(settings).await);
     lines.push(kavkom(settings).await);
     lines
@@ -490,9 +498,10 @@ async fn pjsip_realtime(settings: &Settings) -> Line {
     line
 }
 
-async fn cel(settings: &Settings) -> Line {
-    let Some(url) = &settings.cel.asterisk_cel_url else {
-        return Line::off("cel", "ASTERISK_CEL_URL not set (no CEL backfill)");
+/// The CEL table of one node (`url`: its CEL URL; `setting`: the variable that sets it).
+async fn cel(url: Option<&crate::config::Secret>, setting: &str) -> Line {
+    let Some(url) = url else {
+        return Line::off("cel", format!("{setting} not set (no CEL backfill)"));
     };
     match crate::cel::store::CelStore::connect(url.expose()).await {
         Ok(store) => {
@@ -507,7 +516,9 @@ async fn cel(settings: &Settings) -> Line {
         Err(e) => Line::failed(
             "cel",
             e.to_string(),
-            "check ASTERISK_CEL_URL (postgres://USER:PASSWORD@HOST/DB or sqlite:///var/log/asterisk/master.db readable by pbxbridge)",
+            format!(
+                "check {setting} (postgres://USER:PASSWORD@HOST/DB or sqlite:///var/log/asterisk/master.db readable by pbxbridge)"
+            ),
         ),
     }
 }

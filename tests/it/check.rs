@@ -275,3 +275,30 @@ async fn kavkom_token_refused() {
     );
     assert!(!check::table(&lines).contains("kv-token-Secret-1"));
 }
+
+#[tokio::test]
+async fn each_node_gets_its_own_lines() {
+    let i = install().await;
+    let nodes = format!("a=http://{},b={}", i.ari.addr, support::unreachable_url());
+    let lines = run(&i, &[], &["--asterisk-nodes", &nodes]).await;
+    let of = |component: &str| -> Vec<&Line> {
+        lines.iter().filter(|l| l.component == component).collect()
+    };
+    let ari = of("ari");
+    assert_eq!(ari.len(), 2, "{}", check::table(&lines));
+    assert!(ari[0].detail.starts_with("node a: ") && ari[0].status == Status::Ok);
+    assert!(ari[1].detail.starts_with("node b: ") && ari[1].status == Status::Failed);
+    assert!(
+        ari[1]
+            .fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("ASTERISK_NODES")
+    );
+    assert_eq!(of("ari app").len(), 2);
+    assert_eq!(of("ami").len(), 2);
+    let cel = of("cel");
+    assert_eq!(cel.len(), 2);
+    assert!(cel[0].detail.contains("ASTERISK_A_CEL_URL") && cel[0].status == Status::Off);
+    assert!(!check::all_ok(&lines));
+}
