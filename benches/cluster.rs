@@ -35,7 +35,6 @@
 //!    the failover times.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -43,11 +42,14 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use common::fake_ari::{CAPTURE_ID, copy_id, inbound_answered};
 use fake_node::Node;
+use replica::Replica;
 
 mod common;
 
 #[path = "../tests/it/fake_node.rs"]
 mod fake_node;
+#[path = "../tests/it/replica.rs"]
+mod replica;
 
 /// Frames of the capture up to the answer: a call is up, mid-call, after them.
 const MID_CALL: usize = 45;
@@ -61,30 +63,9 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A `pbxbridge serve` replica (killed when dropped).
-struct Replica {
-    id: &'static str,
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Replica {
-    /// CPU time the process used so far (user + system), seconds.
-    fn cpu(&self) -> f64 {
-        cpu_of(&format!("/proc/{}/stat", self.child.id()))
-    }
+/// CPU time replica `r` used so far (user + system), seconds.
+fn replica_cpu(r: &Replica) -> f64 {
+    cpu_of(&format!("/proc/{}/stat", r.child.id()))
 }
 
 /// User + system CPU seconds from a `/proc/.../stat` file (0 when unreadable).
@@ -112,35 +93,8 @@ fn postgres_cpu() -> f64 {
 }
 
 fn spawn_replica(db_url: &str, nodes: &str, id: &'static str, dir: &Path) -> Replica {
-    let port = free_port();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{id}.log")))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pbxbridge"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(dir)
-        .env("DATABASE_URL", db_url)
-        .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ASTERISK_NODES", nodes)
-        .env("REPLICA_ID", id)
-        .env("API_TOKENS", "cluster-bench-token")
-        .env(
-            "PJSIP_INCLUDE_PATH",
-            dir.join(format!("{id}-pjsip.conf")).to_str().unwrap(),
-        )
-        .env(
-            "RUST_LOG",
-            std::env::var("CLUSTER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .arg("serve")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    Replica { id, child, port }
+    let level = std::env::var("CLUSTER_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    replica::spawn(db_url, nodes, id, dir, &[("RUST_LOG", &level)])
 }
 
 /// The last lines of both replicas' logs, for a failure message.
@@ -275,8 +229,8 @@ async fn calls_per_second(
     let frames: std::sync::Arc<Vec<Vec<String>>> =
         std::sync::Arc::new((0..n).map(|i| call(&template, '1', i)).collect());
     let cpu0 = (
-        replicas[0].cpu(),
-        replicas[1].cpu(),
+        replica_cpu(&replicas[0]),
+        replica_cpu(&replicas[1]),
         cpu_of("/proc/self/stat"),
         postgres_cpu(),
     );
@@ -323,8 +277,8 @@ async fn calls_per_second(
         .collect();
     let total_s = samples.last().unwrap().0;
     let cpu1 = (
-        replicas[0].cpu(),
-        replicas[1].cpu(),
+        replica_cpu(&replicas[0]),
+        replica_cpu(&replicas[1]),
         cpu_of("/proc/self/stat"),
         postgres_cpu(),
     );

@@ -177,15 +177,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // fans out what the others publish; extension changes made through any replica's API
     // reach the one running the provisioner.
     let relay = if leases.shared {
-        let relay = Arc::new(
-            crate::cluster::relay::Relay::new(
-                db.clone(),
-                &settings.core.database_url,
-                hub.clone(),
-                replica.clone(),
-            )
-            .context("live relay")?,
-        );
+        let relay = crate::cluster::relay::Relay::new(
+            db.clone(),
+            &settings.core.database_url,
+            hub.clone(),
+            replica.clone(),
+        )
+        .context("live relay")?;
         let p = provisioner.clone();
         relay.on_signal(move |signal| crate::extensions::on_signal(&p, signal));
         let consuming: Vec<(String, watch::Receiver<bool>)> = views
@@ -213,13 +211,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     );
 
     // Retention of call records (RETENTION_DAYS; 0 keeps everything).
-    let control = views.first().and_then(|v| v.control.clone());
     if settings.core.retention_days > 0 {
         let (db, days) = (db.clone(), settings.core.retention_days);
-        // Recordings of Asterisk calls go with their records.
-        let hook: Option<Arc<dyn crate::calls::retention::BeforePurge>> = control
-            .clone()
-            .map(|c| c as Arc<dyn crate::calls::retention::BeforePurge>);
+        // Recordings of Asterisk calls go with their records, each through its node.
+        let hooks: Vec<Arc<dyn crate::calls::retention::BeforePurge>> = views
+            .iter()
+            .filter_map(|v| v.control.clone())
+            .map(|c| c as Arc<dyn crate::calls::retention::BeforePurge>)
+            .collect();
         supervisor.register(
             TaskSpec::new("retention").gated(singleton.clone()),
             move |a: Attempt| {
@@ -227,7 +226,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     db.clone(),
                     days,
                     crate::calls::retention::EVERY,
-                    hook.clone(),
+                    hooks.clone(),
                     a.cancel,
                 )
             },
@@ -239,13 +238,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let kavkom = crate::sync::kavkom::spawn(&settings, &db, &hub, &supervisor, &singleton);
 
     // HTTP API.
-    let first = views.first().context("no Asterisk node")?;
     let state = AppState {
         db: db.clone(),
         settings: settings.clone(),
         hub: hub.clone(),
-        ari_state: first.ari_state.clone(),
-        ingest_stats: first.ingest_stats.clone(),
         writer_stats: Some(writer_stats),
         kerio,
         kavkom,
@@ -254,7 +250,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         shutdown: cancel.clone(),
         extensions: Some(provisioner),
         tasks: supervisor.statuses(),
-        control,
         nodes: Arc::new(views),
         replica: replica.clone(),
         relay,

@@ -43,13 +43,13 @@ pub async fn purge_once(
     db: &Db,
     days: u32,
     now: DateTime<Utc>,
-    hook: Option<&dyn BeforePurge>,
+    hooks: &[std::sync::Arc<dyn BeforePurge>],
 ) -> Result<u64, DbError> {
     let Some(cutoff) = cutoff(now, days) else {
         return Ok(0);
     };
     let started = std::time::Instant::now();
-    if let Some(hook) = hook {
+    for hook in hooks {
         hook.before_purge(cutoff).await;
     }
     let n = store::purge_before(db, cutoff).await?;
@@ -64,13 +64,13 @@ pub async fn purge_once(
     Ok(n)
 }
 
-/// The task: a run now, then one every `every`, until `cancel`; `hook` runs before each
-/// purge.
+/// The task: a run now, then one every `every`, until `cancel`; `hooks` (one per Asterisk
+/// node) run before each purge.
 pub async fn run(
     db: Db,
     days: u32,
     every: Duration,
-    hook: Option<std::sync::Arc<dyn BeforePurge>>,
+    hooks: Vec<std::sync::Arc<dyn BeforePurge>>,
     cancel: CancellationToken,
 ) -> Result<(), DbError> {
     let mut tick = tokio::time::interval(every);
@@ -80,6 +80,6 @@ pub async fn run(
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        purge_once(&db, days, Utc::now(), hook.as_deref()).await?;
+        purge_once(&db, days, Utc::now(), &hooks).await?;
     }
 }

@@ -353,27 +353,30 @@ pub async fn open_calls(
     source: Source,
     node: Option<&str>,
 ) -> Result<Vec<CallRecord>, DbError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND node = $2 AND state IN ('ringing', 'connected') ORDER BY start_time"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(source.as_str())
-        .bind(node.unwrap_or(""))
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(decode).collect()
+    open_where(db, source, Some(node.unwrap_or(""))).await
 }
 
 /// Records of `source` still live, on every node: what a replica reloads as the calls in
 /// progress after it may have missed relayed events.
 pub async fn open_calls_all_nodes(db: &Db, source: Source) -> Result<Vec<CallRecord>, DbError> {
+    open_where(db, source, None).await
+}
+
+/// The live records of `source`, of one `node` column value or (None) of all.
+async fn open_where(
+    db: &Db,
+    source: Source,
+    node: Option<&str>,
+) -> Result<Vec<CallRecord>, DbError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM calls WHERE source = $1 AND state IN ('ringing', 'connected') ORDER BY start_time"
+        "SELECT {COLUMNS} FROM calls WHERE source = $1{} AND state IN ('ringing', 'connected') ORDER BY start_time",
+        if node.is_some() { " AND node = $2" } else { "" }
     );
-    let rows = sqlx::query(&sql)
-        .bind(source.as_str())
-        .fetch_all(db.pool())
-        .await?;
+    let mut q = sqlx::query(&sql).bind(source.as_str());
+    if let Some(node) = node {
+        q = q.bind(node);
+    }
+    let rows = q.fetch_all(db.pool()).await?;
     rows.iter().map(decode).collect()
 }
 

@@ -173,7 +173,7 @@ pub struct TrackerStats {
 pub struct Tracker {
     source: Source,
     /// The Asterisk node every record belongs to (see [`Tracker::on_node`]).
-    node: Option<String>,
+    node: String,
     agents: AgentMatcher,
     channels: HashMap<String, ChanInfo>,
     calls: HashMap<String, LiveCall>,
@@ -194,7 +194,7 @@ impl Tracker {
     pub fn new(agents: AgentMatcher) -> Self {
         Tracker {
             source: Source::Asterisk,
-            node: Some(crate::calls::model::DEFAULT_NODE.to_string()),
+            node: crate::calls::model::DEFAULT_NODE.to_string(),
             agents,
             channels: HashMap::new(),
             calls: HashMap::new(),
@@ -227,15 +227,13 @@ impl Tracker {
     /// The tracker of Asterisk node `node`: its records carry the node and the id that goes
     /// with it ([`CallRecord::on_node`]). Without this, the node is `default`.
     pub fn on_node(mut self, node: &str) -> Self {
-        self.node = Some(node.to_string());
+        self.node = node.to_string();
         self
     }
 
     /// The Asterisk node this tracker folds the events of.
     pub fn node(&self) -> &str {
-        self.node
-            .as_deref()
-            .unwrap_or(crate::calls::model::DEFAULT_NODE)
+        &self.node
     }
 
     /// Takes back calls that were live when the daemon stopped (from the database). They
@@ -245,7 +243,7 @@ impl Tracker {
     pub fn restore(&mut self, records: Vec<CallRecord>) {
         for rec in records {
             if rec.source != self.source
-                || rec.node != self.node
+                || rec.node.as_deref() != Some(self.node.as_str())
                 || self.calls.contains_key(&rec.call_id)
             {
                 continue;
@@ -656,7 +654,7 @@ impl Tracker {
     /// The live call `lid`, created (ringing, starting when `ch` was created) if unknown.
     fn call_entry(&mut self, lid: &str, ch: &Channel, ts: DateTime<Utc>) -> &mut LiveCall {
         let source = self.source;
-        let node = self.node.as_deref();
+        let node = Some(self.node.as_str());
         self.calls.entry(lid.to_string()).or_insert_with(|| {
             let start = ch.creationtime.min(ts);
             let mut c = LiveCall::new(

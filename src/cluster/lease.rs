@@ -86,11 +86,6 @@ impl Lease {
         })
     }
 
-    /// The lease's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Holds the lease whenever it can until `cancel`, telling `gate` whether it is held
     /// (true) or not (false). Never fails: a lost or unreachable database closes the gate
     /// and is retried every [`CHECK_INTERVAL`]. At `cancel` the lock is released (so a
@@ -103,22 +98,19 @@ impl Lease {
                 _ = cancel.cancelled() => break,
                 c = tokio::time::timeout(CHECK_TIMEOUT * 2, self.connect()) => c,
             };
-            let mut conn = match conn {
-                Ok(Ok(c)) => {
+            let failure = match conn {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connection timed out".to_string()),
+            };
+            let mut conn = match failure {
+                Ok(c) => {
                     warned = false;
                     c
                 }
-                Ok(Err(e)) => {
+                Err(why) => {
                     if !warned {
-                        tracing::warn!(lease = %self.name, "lease {}: cannot connect to the database: {e}; retrying", self.name);
-                        warned = true;
-                    }
-                    sleep_or_cancel(&cancel).await;
-                    continue;
-                }
-                Err(_) => {
-                    if !warned {
-                        tracing::warn!(lease = %self.name, "lease {}: database connection timed out; retrying", self.name);
+                        tracing::warn!(lease = %self.name, "lease {}: cannot connect to the database: {why}; retrying", self.name);
                         warned = true;
                     }
                     sleep_or_cancel(&cancel).await;

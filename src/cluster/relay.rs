@@ -283,11 +283,6 @@ impl Relay {
         })
     }
 
-    /// This replica's id, as it appears in payloads.
-    pub fn replica_id(&self) -> &str {
-        &self.inner.replica
-    }
-
     /// The relay's counters.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats

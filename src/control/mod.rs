@@ -179,11 +179,6 @@ impl Control {
         self
     }
 
-    /// The node this call control acts on.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// The settings in use.
     pub fn settings(&self) -> &ControlSettings {
         &self.settings
@@ -672,7 +667,7 @@ impl crate::calls::retention::BeforePurge for Control {
             const BATCH: i64 = 500;
             let mut deleted = 0u64;
             loop {
-                let ids = match store::recorded_before(&self.db, cutoff, BATCH).await {
+                let ids = match store::recorded_before(&self.db, &self.node, cutoff, BATCH).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!("Retention: could not list old recordings: {e}");

@@ -8,17 +8,19 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError, format_time};
 
-/// Ids of the finished Asterisk calls that started before `cutoff` and have a recording
-/// (what `RETENTION_DAYS` is about to purge), at most `limit`.
+/// Ids of the finished calls of Asterisk node `node` that started before `cutoff` and have
+/// a recording (what `RETENTION_DAYS` is about to purge), at most `limit`.
 pub async fn recorded_before(
     db: &Db,
+    node: &str,
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<String>, DbError> {
     let rows = sqlx::query(
-        "SELECT id FROM calls WHERE source = 'asterisk' AND recording_path IS NOT NULL \
-         AND start_time < $1 AND state NOT IN ('ringing', 'connected') ORDER BY start_time LIMIT $2",
+        "SELECT id FROM calls WHERE source = 'asterisk' AND node = $1 AND recording_path IS NOT NULL \
+         AND start_time < $2 AND state NOT IN ('ringing', 'connected') ORDER BY start_time LIMIT $3",
     )
+    .bind(node)
     .bind(format_time(&cutoff))
     .bind(limit)
     .fetch_all(db.pool())

@@ -118,7 +118,7 @@ fn recordings<'a>(state: &'a AppState, node: Option<&str>) -> Result<&'a Arc<Con
     let unavailable = || ApiError::Unavailable("call control is not running".into());
     match node_view(state, node)? {
         Some(view) => view.control.as_ref().ok_or_else(unavailable),
-        None => state.control.as_ref().ok_or_else(unavailable),
+        None => Err(unavailable()),
     }
 }
 

@@ -28,8 +28,8 @@ pub fn router() -> Router<AppState> {
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let db = state.db.ping().await;
-    let ari = state.ari_state.borrow().clone();
-    let ingest = &state.ingest_stats;
+    let ari = state.ari_state();
+    let ingest = state.pipeline_totals();
     let writer = state.writer_stats.as_ref();
     let mut reasons: Vec<String> = Vec::new();
     if let Err(e) = &db {
@@ -50,10 +50,10 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         },
         "ari": ari,
         "pipeline": {
-            "frames": ingest.frames.load(Ordering::Relaxed),
-            "parseErrors": ingest.parse_errors.load(Ordering::Relaxed),
-            "unknownTypes": ingest.unknown_types.load(Ordering::Relaxed),
-            "queued": ingest.queued.load(Ordering::Relaxed),
+            "frames": ingest.frames,
+            "parseErrors": ingest.parse_errors,
+            "unknownTypes": ingest.unknown_types,
+            "queued": ingest.queued,
             "writerPending": writer.map(|w| w.pending.load(Ordering::Relaxed)),
             "written": writer.map(|w| w.written.load(Ordering::Relaxed)),
             "writeFailures": writer.map(|w| w.failures.load(Ordering::Relaxed)),

@@ -24,10 +24,9 @@ pub fn router() -> Router<AppState> {
 
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     let handle = crate::metrics::install();
-    let ingest = &state.ingest_stats;
-    metrics::counter!("pbxbridge_ari_frames_total").absolute(ingest.frames.load(Ordering::Relaxed));
-    metrics::gauge!("pbxbridge_pipeline_queue_depth")
-        .set(ingest.queued.load(Ordering::Relaxed) as f64);
+    let ingest = state.pipeline_totals();
+    metrics::counter!("pbxbridge_ari_frames_total").absolute(ingest.frames);
+    metrics::gauge!("pbxbridge_pipeline_queue_depth").set(ingest.queued as f64);
     if let Some(w) = &state.writer_stats {
         metrics::gauge!("pbxbridge_writer_queue_depth")
             .set(w.pending.load(Ordering::Relaxed) as f64);
@@ -36,7 +35,7 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         metrics::counter!("pbxbridge_writer_failures_total")
             .absolute(w.failures.load(Ordering::Relaxed));
     }
-    let connected = matches!(*state.ari_state.borrow(), AriState::Connected { .. });
+    let connected = matches!(state.ari_state(), AriState::Connected { .. });
     metrics::gauge!("pbxbridge_ari_connected").set(if connected { 1.0 } else { 0.0 });
     // Per Asterisk node: its frames, its link, and whether this replica consumes it.
     for n in state.nodes.iter() {

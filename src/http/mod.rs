@@ -90,10 +90,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Live event hub.
     pub hub: Hub,
-    /// ARI connection state.
-    pub ari_state: watch::Receiver<AriState>,
-    /// Pipeline counters.
-    pub ingest_stats: Arc<IngestStats>,
     /// Writer counters (absent when no writer runs).
     pub writer_stats: Option<Arc<WriterStats>>,
     /// Kerio Operator adapter, when configured.
@@ -110,14 +106,13 @@ pub struct AppState {
     pub extensions: Option<Arc<crate::extensions::Provisioner>>,
     /// The supervised tasks' statuses (`/health`); empty when no supervisor runs.
     pub tasks: TaskStatuses,
-    /// Call control over ARI and Asterisk recordings of the first node, when running.
-    pub control: Option<Arc<crate::control::Control>>,
-    /// Every Asterisk node: its ARI state, whether this replica consumes it, its call control.
+    /// Every Asterisk node: its ARI state, whether this replica consumes it, its pipeline
+    /// counters, its call control (empty when no ARI stack runs).
     pub nodes: Arc<Vec<NodeView>>,
     /// This replica's id (`REPLICA_ID`).
     pub replica: String,
     /// The live-event relay between replicas (PostgreSQL only).
-    pub relay: Option<Arc<crate::cluster::relay::Relay>>,
+    pub relay: Option<crate::cluster::relay::Relay>,
 }
 
 /// One Asterisk node as the API sees it.
@@ -135,10 +130,48 @@ pub struct NodeView {
     pub control: Option<Arc<crate::control::Control>>,
 }
 
+/// The pipeline counters of every node, summed (`/health` `pipeline`, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineTotals {
+    /// ARI frames received.
+    pub frames: u64,
+    /// Frames that could not be parsed.
+    pub parse_errors: u64,
+    /// Frames of types pbxbridge does not model.
+    pub unknown_types: u64,
+    /// Frames waiting to be processed.
+    pub queued: u64,
+}
+
 impl AppState {
     /// The view of node `name`, if configured.
     pub fn node(&self, name: &str) -> Option<&NodeView> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The ARI state of the first node (`connecting` when there is none): the top-level
+    /// `ari` of `/health` (each node's is in `nodes`).
+    pub fn ari_state(&self) -> AriState {
+        self.nodes
+            .first()
+            .map(|n| n.ari_state.borrow().clone())
+            .unwrap_or(AriState::Connecting)
+    }
+
+    /// The pipeline counters summed over the nodes.
+    pub fn pipeline_totals(&self) -> PipelineTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.nodes.iter().fold(PipelineTotals::default(), |t, n| {
+            let s = &n.ingest_stats;
+            PipelineTotals {
+                frames: t.frames.saturating_add(s.frames.load(Relaxed)),
+                parse_errors: t.parse_errors.saturating_add(s.parse_errors.load(Relaxed)),
+                unknown_types: t
+                    .unknown_types
+                    .saturating_add(s.unknown_types.load(Relaxed)),
+                queued: t.queued.saturating_add(s.queued.load(Relaxed)),
+            }
+        })
     }
 }
 
@@ -151,8 +184,6 @@ impl AppState {
             db,
             settings,
             hub,
-            ari_state: watch::channel(AriState::Connecting).1,
-            ingest_stats: Arc::default(),
             writer_stats: None,
             kerio: None,
             kavkom: None,
@@ -161,7 +192,6 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             extensions: None,
             tasks: TaskStatuses::default(),
-            control: None,
             nodes: Arc::default(),
             replica: String::new(),
             relay: None,

@@ -346,9 +346,10 @@ impl Hub {
     /// set are added as relayed. Calls published locally are left alone, and a call of
     /// `open` already in the set keeps its newer live state.
     pub fn refresh_relayed_calls(&self, source: crate::calls::Source, open: Vec<CallRecord>) {
+        let still_open: std::collections::HashSet<Uuid> = open.iter().map(|o| o.id).collect();
         if let Ok(mut active) = self.active.write() {
             active.retain(|id, (rec, relayed)| {
-                !*relayed || rec.source != source || open.iter().any(|o| o.id == *id)
+                !*relayed || rec.source != source || still_open.contains(id)
             });
             for rec in open {
                 if rec.source == source && rec.end_time.is_none() {

@@ -7,7 +7,6 @@
 //! PJSIP realtime, an extension created through either replica reaches both nodes.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,68 +14,11 @@ use serde_json::Value;
 
 use super::fake_ari::{CAPTURE_ID, copy_id, inbound_answered};
 use super::fake_node::Node;
+use super::replica::{TOKEN, spawn as spawn_replica};
 use super::support::{self, TestDb};
 
-const TOKEN: &str = "cluster-token";
 /// The most a takeover may take (the limit).
 const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A `pbxbridge serve` replica of the cluster.
-struct Replica {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_replica(
-    db_url: &str,
-    nodes: &str,
-    id: &str,
-    dir: &Path,
-    extra: &[(&str, &str)],
-) -> Replica {
-    let port = free_port();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{id}.log")))
-        .unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pbxbridge"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(dir)
-        .env("DATABASE_URL", db_url)
-        .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ASTERISK_NODES", nodes)
-        .env("REPLICA_ID", id)
-        .env("API_TOKENS", TOKEN)
-        .env(
-            "PJSIP_INCLUDE_PATH",
-            dir.join(format!("{id}-pjsip.conf")).to_str().unwrap(),
-        )
-        .env("RUST_LOG", "info");
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    let child = c
-        .arg("serve")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    Replica { child, port }
-}
 
 fn logs(dir: &Path) -> String {
     let mut out = String::new();
@@ -395,12 +337,24 @@ async fn cluster_two_replicas_two_nodes_failover_loses_and_doubles_nothing() {
         .await
         .expect("live client saw the calls end")
         .unwrap();
-    let nodes_seen: std::collections::BTreeSet<String> = seen
-        .iter()
-        .filter_map(|m| m["data"]["node"].as_str().map(String::from))
-        .collect();
+    // The first calls ended before the kill, while r1 consumed both nodes: r2's client can
+    // only have seen them through the relay.
+    let ended_before_kill = |node: &str| {
+        seen.iter().any(|m| {
+            m["event"] == "call_status"
+                && m["data"]["node"] == node
+                && m["data"]["callId"] == linkedid('7', 0)
+                && m["data"]["state"] == "ended"
+        })
+    };
     assert!(
-        nodes_seen.contains("a") && nodes_seen.contains("b"),
+        ended_before_kill("a") && ended_before_kill("b"),
+        "{seen:#?}"
+    );
+    // And after the kill, its own events of both nodes.
+    assert!(
+        seen.iter()
+            .any(|m| m["data"]["node"] == "b" && m["data"]["callId"] == linkedid('7', 2)),
         "{seen:#?}"
     );
     // r2 now runs the provisioner too: an extension created through it reaches both nodes.
@@ -655,7 +609,8 @@ async fn lease_is_held_by_one_replica_at_a_time() {
     let (mut g1, c1, t1) = start("r1");
     g1.wait_for(|held| *held).await.unwrap();
     let (g2, c2, t2) = start("r2");
-    tokio::time::sleep(CHECK_INTERVAL * 3).await;
+    // Two and a half intervals: r2 has tried twice, and r1 lets go between r2's tries.
+    tokio::time::sleep(CHECK_INTERVAL * 5 / 2).await;
     assert!(*g1.borrow() && !*g2.borrow(), "both or neither hold it");
     let holders = pbxbridge::cluster::store::holders(&db.db).await.unwrap();
     assert_eq!(holders.len(), 1);

@@ -728,7 +728,9 @@ async fn retention_deletes_the_recordings_of_purged_calls() {
             ("1700000000.1", now - chrono::Duration::days(40), &old_name),
             ("1700000000.2", now - chrono::Duration::days(1), &new_name),
         ] {
-            let mut r = CallRecord::new(Source::Asterisk, uniqueid, Direction::Inbound, start);
+            // An Asterisk call of the single node, as the tracker records it.
+            let mut r = CallRecord::new(Source::Asterisk, uniqueid, Direction::Inbound, start)
+                .on_node(Some(pbxbridge::calls::model::DEFAULT_NODE));
             r.end_time = Some(start + chrono::Duration::seconds(30));
             r.state = CallState::Ended;
             r.recording_path = Some(format!("{name}.wav"));

@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod realtime;
 mod relay;
+mod replica;
 mod retention;
 mod supervise;
 mod support;

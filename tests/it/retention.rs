@@ -48,19 +48,19 @@ async fn purge_deletes_only_old_finished_records() {
         }
         store::upsert_many(db, &rows).await.unwrap();
         assert_eq!(
-            retention::purge_once(db, 0, now, None).await.unwrap(),
+            retention::purge_once(db, 0, now, &[]).await.unwrap(),
             0,
             "0 keeps all"
         );
         assert_eq!(call_ids(db).await.len(), 29);
-        assert_eq!(retention::purge_once(db, 30, now, None).await.unwrap(), 26);
+        assert_eq!(retention::purge_once(db, 30, now, &[]).await.unwrap(), 26);
         assert_eq!(
             call_ids(db).await,
             ["edge.kept", "new.ended", "old.live"],
             "{:?}",
             tdb.backend
         );
-        assert_eq!(retention::purge_once(db, 30, now, None).await.unwrap(), 0);
+        assert_eq!(retention::purge_once(db, 30, now, &[]).await.unwrap(), 0);
     }
 }
 
