@@ -1,14 +1,15 @@
-//! `GET /health` (no token): database and ARI state, pipeline counters, live fan-out
-//! counters and latency (`live`: `{written, resyncs, slowClosed, latency: {count, p50Ms,
-//! p99Ms, maxMs}}`, from the ARI frame arriving to the UI message written), and the
-//! supervised tasks (`tasks`: `[{name, state, recordsCalls, restarts, lastError, since}]`),
-//! this replica (`replica`), the Asterisk nodes (`nodes`: `[{name, role: consumer|standby,
-//! ari, frames, parseErrors}]`) and, on PostgreSQL, who holds each lease (`leases`:
-//! `[{name, replica, since}]`) and the live relay's counters (`relay`). A task in `standby` (another replica holds its lease) is not
-//! down.
-//! 200 when the database answers and every task that records calls is running; 503
-//! otherwise, with `"status": "degraded"` and the `reason`. The ARI state is reported, not
-//! required (its task keeps reconnecting while Asterisk is away).
+//! `GET /health` (no token): database and ARI state (`ari`: the first node's), pipeline
+//! counters (summed over the nodes; the writer's are shared), live fan-out counters and
+//! latency (`live`: `{written, resyncs, slowClosed, latency: {count, p50Ms, p99Ms, maxMs}}`,
+//! from the ARI frame arriving to the UI message written), the supervised tasks (`tasks`:
+//! `[{name, state, recordsCalls, restarts, lastError, since}]`), this replica (`replica`),
+//! the Asterisk nodes (`nodes`: `[{name, role: consumer|standby, ari, frames, parseErrors}]`)
+//! and, on PostgreSQL, who holds each lease (`leases`: `[{name, replica, since}]`, one small
+//! query per request) and the live relay's counters (`relay`).
+//! 200 when the database answers and every task that records calls is running (a task in
+//! `standby`, whose lease another replica holds, is not down); 503 otherwise, with
+//! `"status": "degraded"` and the `reason`. The ARI state is reported, not required (its
+//! task keeps reconnecting while Asterisk is away).
 
 use std::sync::atomic::Ordering;
 
